@@ -1,0 +1,55 @@
+"""The ledger's FastAPI application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from ledger.api.errors import API_VERSION, RequestContextMiddleware, install_error_handlers
+from ledger.api.routes import (
+    accounts,
+    api_keys,
+    bank_accounts,
+    issuance,
+    journal,
+    payments,
+    transfers,
+    wallets,
+)
+from ledger.api.wallet_auth import SeenRequests
+from ledger.auth import Authenticator
+from ledger.service import LedgerService
+from ledger.store.queries import Reader
+from ledger.wallets.service import Wallets
+
+
+def create_app(ledger: LedgerService, wallet_service: Wallets) -> FastAPI:
+    """The ledger's routes around a running ``LedgerService`` and its wallet layer (which the
+    caller started and closes)."""
+    app = FastAPI(
+        title="e-CNY reference ledger",
+        version=API_VERSION,
+        description=(
+            "A signed, append-only, double-entry ledger. Money is integer fen. Every accepted "
+            "transfer is a journal entry in an RFC 9162 Merkle log whose checkpoints the ledger "
+            "signs with Ed25519."
+        ),
+    )
+    app.state.ledger = ledger
+    app.state.reader = Reader(ledger.store.engine, ledger.origin)
+    app.state.authenticator = Authenticator(ledger.store.engine)
+    app.state.wallets = wallet_service
+    app.state.seen_requests = SeenRequests()
+    install_error_handlers(app)
+    routers = (accounts, transfers, journal, api_keys, issuance, bank_accounts, wallets, payments)
+    for module in routers:
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        seq = ledger.sequencer
+        return {"status": "ok", "tree_size": seq.committed_size, "origin": ledger.origin}
+
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,49 @@
+"""Customers' bank deposits at an operator: the bank-money side of top-ups and waterfalls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ledger.api.deps import CurrentPrincipal, ReaderDep, visible_account
+from ledger.api.errors import APIError
+from ledger.api.models import BankAccountCreate, BatchResults, MoneyMove, parse_id
+from ledger.api.views import item_results
+from ledger.wallets import codes
+from ledger.wallets.service import Wallets
+
+router = APIRouter(prefix="/v1/bank_accounts", tags=["bank accounts"])
+
+
+@router.post("", response_model=BatchResults)
+async def create_bank_account(
+    body: BankAccountCreate, principal: CurrentPrincipal, request: Request
+) -> Any:
+    if principal.is_central_bank:
+        raise APIError(403, "permission_denied", "bank accounts are opened by operators")
+    wallets: Wallets = request.app.state.wallets
+    submitted = wallets.open_bank_account(principal.operator, body.id, body.owner)
+    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+
+
+@router.post("/{account_id}/deposits", response_model=BatchResults)
+async def create_cash_deposit(
+    account_id: str,
+    body: MoneyMove,
+    principal: CurrentPrincipal,
+    reader: ReaderDep,
+    request: Request,
+) -> Any:
+    """The customer pays cash (or salary arrives) into the deposit: bank money, not e-CNY."""
+    try:
+        target = parse_id(account_id)
+    except ValueError:
+        raise APIError(404, "account_not_found", "no such account", "account_id") from None
+    account = visible_account(reader, principal, target)
+    if account.code != codes.BANK_DEPOSIT or principal.is_central_bank:
+        raise APIError(404, "account_not_found", "no such bank account", "account_id")
+    wallets: Wallets = request.app.state.wallets
+    submitted = wallets.cash_deposit(principal.operator, body.id, target, body.amount)
+    return JSONResponse(item_results(submitted.items, await submitted.wait()))

@@ -1,0 +1,59 @@
+"""The central bank's side: operators, their reserves, issuing and redeeming e-CNY."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ledger.api.deps import CentralBank, ReaderDep
+from ledger.api.models import BatchResults, Issuance, MoneyMove, OperatorCreate
+from ledger.api.views import item_results
+from ledger.wallets import codes
+from ledger.wallets.service import Wallets
+
+router = APIRouter(prefix="/v1", tags=["central bank"])
+
+
+def _wallets(request: Request) -> Wallets:
+    wallets: Wallets = request.app.state.wallets
+    return wallets
+
+
+@router.post("/operators", response_model=BatchResults)
+async def create_operator(body: OperatorCreate, principal: CentralBank, request: Request) -> Any:
+    """Authorize an operator: its reserves at the central bank, its e-CNY float and its own side
+    of customers' deposits (ids are derived from its name; creating twice is a replay)."""
+    submitted = _wallets(request).onboard_operator(body.operator)
+    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+
+
+@router.post("/operators/{operator}/reserve_deposits", response_model=BatchResults)
+async def create_reserve_deposit(
+    operator: str, body: MoneyMove, principal: CentralBank, request: Request
+) -> Any:
+    submitted = _wallets(request).deposit_reserves(body.id, operator, body.amount)
+    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+
+
+@router.post("/issuances", response_model=BatchResults)
+async def create_issuance(body: Issuance, principal: CentralBank, request: Request) -> Any:
+    """Issue e-CNY to an operator's float, against its reserves (which may not go negative)."""
+    submitted = _wallets(request).issue(body.id, body.operator, body.amount)
+    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+
+
+@router.post("/central_bank_redemptions", response_model=BatchResults)
+async def create_central_bank_redemption(
+    body: Issuance, principal: CentralBank, request: Request
+) -> Any:
+    """e-CNY from an operator's float back to its reserves: it leaves circulation."""
+    submitted = _wallets(request).redeem_at_central_bank(body.id, body.operator, body.amount)
+    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+
+
+@router.get("/circulation")
+def read_circulation(principal: CentralBank, reader: ReaderDep) -> Any:
+    """e-CNY in circulation: the net balance of every e-CNY account (floats and wallets)."""
+    return reader.circulation(sorted(codes.E_CNY_ACCOUNTS))

@@ -1,0 +1,102 @@
+"""Signed payments between wallets, and receipts anyone can check offline.
+
+A payment needs no API key: the payer's signature over the canonical payment bytes (see
+``ledger.signing``) is the authority. An accepted payment comes back with its receipt: the
+journal entry, its inclusion proof and the signed checkpoint it is in.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from ledger.api.deps import ReaderDep
+from ledger.api.errors import APIError
+from ledger.api.models import PaymentBatch, SignedPaymentIn, format_id, parse_id
+from ledger.api.views import item_results, receipt
+from ledger.api.wallet_auth import Access, authenticate
+from ledger.store.queries import Reader
+from ledger.wallets.service import SignedPayment, Wallets
+
+router = APIRouter(tags=["payments"])
+AccessDep = Annotated[Access, Depends(authenticate)]
+
+
+def _payment(p: SignedPaymentIn) -> SignedPayment:
+    return SignedPayment(
+        p.id, p.payer, p.payee, p.amount, p.expires_at_ms, p.key_version, p.signature, p.kind,
+        p.currency, p.metadata,
+    )  # fmt: skip
+
+
+@router.post("/v1/payments")
+async def create_payment(body: SignedPaymentIn, request: Request, reader: ReaderDep) -> Any:
+    """One signed payment. ``result`` is ``ok`` or a code (``exceeds_daily_limit`` with the
+    limit and what was allowed, ``signature_invalid``, ``wallet_key_rotated``...); a replayed id
+    returns its first answer. Accepted payments carry a receipt."""
+    wallets: Wallets = request.app.state.wallets
+    transfers, result = await wallets.pay([_payment(body)])
+    item = item_results(transfers, result)["results"][0]
+    if item["result"] == "ok" and item["seq"] is not None:
+        item["receipt"] = receipt(reader, item["seq"], result.tree_size, wallets.ledger.public_key)
+    return JSONResponse(item)
+
+
+@router.post("/v1/payments/batch")
+async def create_payments(body: PaymentBatch, request: Request, reader: ReaderDep) -> Any:
+    """Up to 8190 signed payments in one request, each answered on its own (not linked)."""
+    wallets: Wallets = request.app.state.wallets
+    transfers, result = await wallets.pay([_payment(p) for p in body.payments])
+    out = item_results(transfers, result)
+    if body.receipts:
+        key = wallets.ledger.public_key
+        for item in out["results"]:
+            if item["result"] == "ok" and item["seq"] is not None:
+                item["receipt"] = receipt(reader, item["seq"], result.tree_size, key)
+    return JSONResponse(out)
+
+
+@router.get("/v1/receipts/{transfer_id}")
+def read_receipt(
+    transfer_id: str,
+    access: AccessDep,
+    request: Request,
+    reader: ReaderDep,
+    tree_size: Annotated[int | None, Query(ge=1, description="Default: the latest.")] = None,
+) -> Any:
+    """A receipt for a transfer, for its payer or payee wallet (signed request) or their
+    operator, against the latest checkpoint or any later than the entry."""
+    try:
+        tid = parse_id(transfer_id)
+    except ValueError:
+        raise APIError(404, "transfer_not_found", "no such transfer", "transfer_id") from None
+    found = reader.transfer(tid)
+    if found is None or found.seq is None or not _party(access, request, reader, found.entry):
+        raise APIError(404, "transfer_not_found", "no such transfer", "transfer_id")
+    latest = reader.latest_checkpoint()
+    assert latest is not None
+    size = tree_size or latest.size
+    if not found.seq < size <= latest.size or reader.checkpoint_at(size) is None:
+        raise APIError(
+            422, "tree_size_invalid", "name a checkpoint after the entry", param="tree_size"
+        )
+    wallets: Wallets = request.app.state.wallets
+    return {
+        "transfer_id": format_id(tid),
+        "receipt": receipt(reader, found.seq, size, wallets.ledger.public_key),
+    }
+
+
+def _party(access: Access, request: Request, reader: Reader, e: Any) -> bool:
+    parties = (e.debit_account_id, e.credit_account_id)
+    if access.wallet_id is not None:
+        return access.wallet_id in parties
+    principal = access.principal
+    assert principal is not None
+    if principal.is_central_bank:
+        return True
+    return any(
+        (a := reader.account(x)) is not None and a.operator == principal.operator for x in parties
+    )

@@ -1,0 +1,285 @@
+"""Wallets: open (operator), read (operator or the wallet itself), class, key, settings, KYC
+reveal, sub-wallets, top-ups and redemptions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from ledger.api.deps import ReaderDep
+from ledger.api.errors import APIError
+from ledger.api.models import (
+    BatchResults,
+    EntryPage,
+    MoneyMove,
+    RevealRequest,
+    SignedPaymentIn,
+    SubWalletClose,
+    SubWalletCreate,
+    WalletClassChange,
+    WalletCreate,
+    WalletKeyRotation,
+    WalletSettings,
+    format_id,
+    parse_id,
+)
+from ledger.api.routes.accounts import PAGE_LIMIT_MAX
+from ledger.api.views import entry_view, item_results, wallet_view
+from ledger.api.wallet_auth import Access, authenticate, require_operator, wallet_for
+from ledger.domain import LimitSet, Result, Transfer, UpdateWallet
+from ledger.engine import OpResult
+from ledger.wallets.service import SignedPayment, Submitted, WalletError, Wallets, check_kyc
+
+router = APIRouter(prefix="/v1/wallets", tags=["wallets"])
+AccessDep = Annotated[Access, Depends(authenticate)]
+
+
+def _wallets(request: Request) -> Wallets:
+    wallets: Wallets = request.app.state.wallets
+    return wallets
+
+
+def _id(value: str) -> int:
+    try:
+        return parse_id(value)
+    except ValueError:
+        raise APIError(404, "wallet_not_found", "no such wallet", "wallet_id") from None
+
+
+async def _answer(submitted: Submitted) -> JSONResponse:
+    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+
+
+def _refuse(exc: WalletError) -> APIError:
+    status = 404 if exc.code.endswith("not_found") else 422
+    return APIError(status, exc.code, str(exc), exc.param)
+
+
+@router.post("", response_model=BatchResults)
+async def create_wallet(body: WalletCreate, access: AccessDep, request: Request) -> Any:
+    """Open a wallet. The key pair was made on the device; only the public key is sent. KYC
+    details go to the operator's encrypted store; the journal sees a pseudonymous id."""
+    principal = require_operator(access)
+    if principal.is_central_bank:
+        raise APIError(403, "permission_denied", "wallets are opened by operators")
+    wallets = _wallets(request)
+    kyc = body.kyc.fields()
+    try:
+        submitted = wallets.open_wallet(
+            principal.operator, body.id, kind=body.kind, klass=body.wallet_class,
+            public_key=body.public_key, kyc=kyc, linked_bank=body.linked_bank_account or 0,
+            reverse_waterfall=body.reverse_waterfall,
+        )  # fmt: skip
+    except WalletError as exc:
+        raise _refuse(exc) from None
+    result = await submitted.wait()
+    if result.codes[0] == 0 and (0 not in result.replayed or wallets.kyc.get(body.id) is None):
+        wallets.kyc.put(body.id, principal.operator, kyc)  # a retry completes a lost write
+    return JSONResponse(item_results(submitted.items, result))
+
+
+@router.get("/{wallet_id}")
+def read_wallet(wallet_id: str, access: AccessDep, request: Request, reader: ReaderDep) -> Any:
+    wallets = _wallets(request)
+    wallet = wallet_for(access, wallets, _id(wallet_id), parent_ok=True)
+    account = reader.account(wallet.id)
+    assert account is not None
+    return wallet_view(wallet, account, wallets.ledger.sequencer.engine.state)
+
+
+@router.get("/{wallet_id}/entries", response_model=EntryPage)
+def list_wallet_entries(
+    wallet_id: str,
+    access: AccessDep,
+    request: Request,
+    reader: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 20,
+    starting_after: Annotated[int | None, Query(ge=0)] = None,
+) -> Any:
+    """The wallet's history, newest first (payments, top-ups, its own records)."""
+    wallet = wallet_for(access, _wallets(request), _id(wallet_id), parent_ok=True)
+    account = reader.account(wallet.id)
+    assert account is not None
+    rows = reader.history(account.n, limit + 1, starting_after)
+    return {
+        "object": "list",
+        "data": [entry_view(e) for e in rows[:limit]],
+        "has_more": len(rows) > limit,
+    }
+
+
+@router.post("/{wallet_id}/class", response_model=BatchResults)
+async def change_wallet_class(
+    wallet_id: str, body: WalletClassChange, access: AccessDep, request: Request
+) -> Any:
+    """Upgrade (more KYC, higher limits) or downgrade; a downgrade below the wallet's balance is
+    refused (``class_downgrade_exceeds_balance``, with the balance and the new cap)."""
+    principal = require_operator(access)
+    wallets = _wallets(request)
+    wallet = wallet_for(access, wallets, _id(wallet_id))
+    kyc = body.kyc.fields() if body.kyc else {}
+    known = wallets.kyc.get(wallet.id) or {}
+    if body.wallet_class < wallet.klass:  # an upgrade: the stronger class's KYC must be there
+        try:
+            check_kyc(body.wallet_class, {**known, **kyc}, wallet.linked_bank)
+        except WalletError as exc:
+            raise _refuse(exc) from None
+    update = UpdateWallet(wallet.id, klass=body.wallet_class, reason=body.reason or "class change")
+    result = await wallets.update_wallet(_acting(principal.operator), update).wait()
+    if result.codes[0] == 0 and kyc:
+        wallets.kyc.put(wallet.id, wallet.operator, {**known, **kyc})
+    return JSONResponse(item_results([update], result))
+
+
+@router.post("/{wallet_id}/key", response_model=BatchResults)
+async def rotate_wallet_key(
+    wallet_id: str, body: WalletKeyRotation, access: AccessDep, request: Request
+) -> Any:
+    """After re-verifying the owner (lost phone), the operator installs a new public key. The
+    old key stops working at once: the writer refuses payments signed with it."""
+    principal = require_operator(access)
+    wallets = _wallets(request)
+    wallet = wallet_for(access, wallets, _id(wallet_id))
+    reason = f"key rotated after re-verification: {body.verification_reference}"
+    update = UpdateWallet(wallet.id, public_key=body.public_key, reason=reason)
+    result = await wallets.update_wallet(_acting(principal.operator), update).wait()
+    return JSONResponse(item_results([update], result))
+
+
+@router.post("/{wallet_id}/settings", response_model=BatchResults)
+async def change_wallet_settings(
+    wallet_id: str, body: WalletSettings, access: AccessDep, request: Request
+) -> Any:
+    """The owner (or its operator) turns the reverse waterfall on or off, or links a bank
+    account."""
+    wallets = _wallets(request)
+    wallet = wallet_for(access, wallets, _id(wallet_id))
+    update = UpdateWallet(
+        wallet.id,
+        reverse_waterfall=-1 if body.reverse_waterfall is None else int(body.reverse_waterfall),
+        linked_bank=-1 if body.linked_bank_account is None else body.linked_bank_account,
+        reason="settings changed by " + ("the owner" if access.wallet_id else "the operator"),
+    )
+    if update.reverse_waterfall == 1 and not (wallet.linked_bank or update.linked_bank > 0):
+        raise APIError(422, "linked_bank_required", "reverse waterfall needs a bank account")
+    result = await wallets.update_wallet(None, update).wait()
+    return JSONResponse(item_results([update], result))
+
+
+@router.post("/{wallet_id}/reveal")
+def reveal_wallet_owner(
+    wallet_id: str, body: RevealRequest, access: AccessDep, request: Request
+) -> Any:
+    """Controllable anonymity: who owns a wallet, for the central bank or the wallet's operator,
+    with a stated legal basis. The look-up is written to the journal before the answer."""
+    principal = require_operator(access)
+    wallets = _wallets(request)
+    wallet = wallet_for(access, wallets, _id(wallet_id))
+    requester = f"{principal.role}:{principal.operator}:{body.requester}"
+    try:
+        owner = wallets.reveal(
+            wallet.id,
+            requester=requester,
+            legal_basis=body.legal_basis,
+            case_reference=body.case_reference,
+        )
+    except WalletError as exc:
+        raise _refuse(exc) from None
+    return {"wallet_id": format_id(wallet.id), "owner": owner, "logged_as": "kyc_revealed"}
+
+
+@router.post("/{wallet_id}/sub_wallets", response_model=BatchResults)
+async def create_sub_wallet(
+    wallet_id: str, body: SubWalletCreate, access: AccessDep, request: Request
+) -> Any:
+    """Push a sub-wallet to a merchant app: signed by the parent wallet; its own key and limits
+    (each no larger than the parent's); it may pay only ``bound_payee`` or return to the parent."""
+    if access.wallet_id is None:
+        raise APIError(403, "permission_denied", "a sub-wallet is opened by its parent wallet")
+    wallets = _wallets(request)
+    parent = wallet_for(access, wallets, _id(wallet_id))
+    limits = LimitSet(
+        body.limits.balance_cap, body.limits.single, body.limits.daily, body.limits.annual
+    )
+    try:
+        submitted = wallets.open_sub_wallet(
+            parent.id, body.id, public_key=body.public_key, bound_payee=body.bound_payee,
+            sub_limits=limits,
+        )  # fmt: skip
+    except WalletError as exc:
+        raise _refuse(exc) from None
+    return await _answer(submitted)
+
+
+@router.post("/{wallet_id}/close", response_model=BatchResults)
+async def close_sub_wallet(
+    wallet_id: str, body: SubWalletClose, access: AccessDep, request: Request, reader: ReaderDep
+) -> Any:
+    """Close a sub-wallet (signed by its parent, or by the operator): its balance returns to
+    the parent in a transfer with the given id, and the sub-wallet's account is closed."""
+    wallets = _wallets(request)
+    sub = wallet_for(access, wallets, _id(wallet_id), parent_ok=True)
+    if access.wallet_id is not None and access.wallet_id != sub.parent:
+        raise APIError(403, "permission_denied", "a sub-wallet is closed by its parent wallet")
+    update = UpdateWallet(sub.id, reason=body.reason or "closed by the owner", close_id=body.id)
+    result = await wallets.update_wallet(None, update).wait()
+    home = reader.transfer(body.id)  # the transfer that returned the balance, if there was one
+    item = Transfer(body.id, 0, 0, 0, 0, 0)
+    if home is not None and home.seq is not None:
+        item.seq, item.timestamp = home.seq, home.entry.timestamp
+    return JSONResponse(item_results([item], result))
+
+
+@router.post("/{wallet_id}/top_ups", response_model=BatchResults)
+async def create_top_up(
+    wallet_id: str, body: MoneyMove, access: AccessDep, request: Request
+) -> Any:
+    """Bank money for e-CNY: from the wallet's linked bank account, at its operator."""
+    principal = require_operator(access)
+    wallets = _wallets(request)
+    wallet = wallet_for(access, wallets, _id(wallet_id))
+    try:
+        submitted = wallets.top_up(_acting(principal.operator) or wallet.operator, body.id,
+                                   wallet.id, body.amount)  # fmt: skip
+    except WalletError as exc:
+        raise _refuse(exc) from None
+    return JSONResponse(_named_leg(submitted, await submitted.wait(), 1))
+
+
+@router.post("/{wallet_id}/redemptions", response_model=BatchResults)
+async def create_redemption(wallet_id: str, body: SignedPaymentIn, request: Request) -> Any:
+    """e-CNY back to the linked bank account. The body is a payment signed by the wallet, to
+    its operator's float; the signature is the authority, so no API key is needed."""
+    wallets = _wallets(request)
+    if body.payer != _id(wallet_id):
+        raise APIError(422, "invalid_payer", "the payer must be the wallet in the path", "payer")
+    payment = SignedPayment(
+        body.id, body.payer, body.payee, body.amount, body.expires_at_ms, body.key_version,
+        body.signature,
+    )  # fmt: skip
+    try:
+        submitted = wallets.redeem(payment)
+    except WalletError as exc:
+        code = {"signature_invalid": 401, "wallet_key_rotated": 401}.get(exc.code)
+        raise (APIError(code, exc.code, str(exc)) if code else _refuse(exc)) from None
+    return JSONResponse(_named_leg(submitted, await submitted.wait(), 0))
+
+
+def _acting(operator: str) -> str | None:
+    """The central bank acts without an operator scope."""
+    return None if operator == "central_bank" else operator
+
+
+def _named_leg(submitted: Submitted, result: OpResult, index: int) -> dict[str, Any]:
+    """Answer a two-leg operation (top-up, redemption) for the leg the client named. If the
+    legs failed together, the answer is the failing leg's own code, not ``linked_event_failed``."""
+    code = result.codes[index]
+    if code == Result.LINKED_EVENT_FAILED:
+        code = next((c for c in result.codes if c != Result.LINKED_EVENT_FAILED), code)
+    failed = [i for i in result.details if result.codes[i] == code]
+    details = {0: result.details[failed[0]]} if failed else {}
+    single = OpResult([code], {0} if index in result.replayed else set(), details,
+                      result.tree_size)  # fmt: skip
+    return item_results(submitted.items[index : index + 1], single)

@@ -1,0 +1,151 @@
+"""Domain objects -> JSON-ready dicts for responses (one place, so every route agrees)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from ledger import checkpoint, entry
+from ledger.api.models import format_id
+from ledger.domain import (
+    ACCOUNT_FLAG_NAMES,
+    LEDGER_CURRENCIES,
+    TRANSFER_FLAG_NAMES,
+    AccountFlags,
+    PendingState,
+    Result,
+    Wallet,
+    flag_names,
+)
+from ledger.engine import OpResult, State
+from ledger.store.queries import AccountView, EntryView, Reader, TransferView
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def result_label(code: int) -> str:
+    return "ok" if code == 0 else Result(code).name.lower()
+
+
+def item_results(items: list[Any], result: OpResult) -> dict[str, Any]:
+    """Per-item results of a batch: accounts and transfers alike carry id, seq and timestamp."""
+    out = []
+    for i, (item, code) in enumerate(zip(items, result.codes, strict=True)):
+        ok = code == 0
+        out.append(
+            {
+                "index": i,
+                "id": format_id(item.id),
+                "result": result_label(code),
+                "replayed": i in result.replayed,
+                "seq": item.seq if ok and getattr(item, "seq", -1) >= 0 else None,
+                "timestamp": getattr(item, "timestamp", None) if ok else None,
+            }
+        )
+        if i in result.details:
+            out[-1]["limit"] = result.details[i]
+    return {"results": out}
+
+
+def account_view(a: AccountView) -> dict[str, Any]:
+    return {
+        "id": format_id(a.id),
+        "currency": LEDGER_CURRENCIES.get(a.ledger, str(a.ledger)),
+        "code": a.code,
+        "flags": flag_names(a.flags, ACCOUNT_FLAG_NAMES),
+        "owner": a.owner,
+        "operator": a.operator,
+        "balances": {
+            "debits_pending": a.debits_pending,
+            "debits_posted": a.debits_posted,
+            "credits_pending": a.credits_pending,
+            "credits_posted": a.credits_posted,
+        },
+        "created_seq": a.seq,
+        "timestamp": a.timestamp,
+    }
+
+
+def transfer_view(t: TransferView) -> dict[str, Any]:
+    e = t.entry
+    return {
+        "id": format_id(e.id),
+        "debit_account_id": format_id(e.debit_account_id),
+        "credit_account_id": format_id(e.credit_account_id),
+        "amount": e.amount,
+        "currency": LEDGER_CURRENCIES.get(e.ledger, str(e.ledger)),
+        "code": e.code,
+        "flags": flag_names(e.flags, TRANSFER_FLAG_NAMES),
+        "pending_id": format_id(e.pending_id) if e.pending_id else None,
+        "timeout_s": e.timeout_s,
+        "metadata": entry.parse_metadata(e.metadata),
+        "timestamp": e.timestamp,
+        "result": t.result.name.lower(),
+        "seq": t.seq,
+        "pending_state": PendingState(t.state).name.lower() if t.state else None,
+    }
+
+
+def entry_view(e: EntryView) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "kind": entry.KIND_NAMES[e.entry.kind],
+        "entry": entry.to_json(e.entry),
+        "body": b64(e.body),
+    }
+
+
+def receipt(reader: Reader, seq: int, tree_size: int, public_key: bytes) -> dict[str, Any]:
+    """Entry + inclusion proof + signed checkpoint: everything ``wallet_sdk.verify_receipt``
+    needs to check a payment offline with only the ledger's public key."""
+    found = reader.entry_at(seq)
+    signed = reader.checkpoint_at(tree_size)
+    assert found is not None and signed is not None, "a receipt names a committed checkpoint"
+    return {
+        "entry": b64(found.body),
+        "leaf_index": seq,
+        "tree_size": tree_size,
+        "inclusion_proof": [b64(h) for h in reader.inclusion_proof(seq, tree_size)],
+        "checkpoint": checkpoint_view(signed, public_key),
+    }
+
+
+def wallet_view(wallet: Wallet, account: AccountView, state: State) -> dict[str, Any]:
+    limits = wallet.limits or state.limits.get(wallet.klass)
+    return {
+        "id": format_id(wallet.id),
+        "kind": wallet.kind,
+        "class": wallet.klass,
+        "operator": wallet.operator,
+        "public_key": b64(wallet.public_key),
+        "key_version": wallet.key_version,
+        "linked_bank_account": format_id(wallet.linked_bank) if wallet.linked_bank else None,
+        "reverse_waterfall": wallet.reverse_waterfall,
+        "operator_float_account": format_id(wallet.float_account),
+        "parent": format_id(wallet.parent) if wallet.parent else None,
+        "bound_payee": format_id(wallet.bound_payee) if wallet.bound_payee else None,
+        "closed": bool(account.flags & AccountFlags.CLOSED),
+        "balance_fen": account.credits_posted - account.debits_posted,
+        "available_fen": account.credits_posted - account.debits_posted - account.debits_pending,
+        "limits": limits.as_dict() if limits is not None else None,
+        "limits_version": state.limits_version,
+        "spent": {
+            "day": wallet.day,
+            "day_fen": wallet.spent_day,
+            "year": wallet.year,
+            "year_fen": wallet.spent_year,
+        },
+    }
+
+
+def checkpoint_view(c: checkpoint.Checkpoint, public_key: bytes) -> dict[str, Any]:
+    return {
+        "origin": c.origin,
+        "tree_size": c.size,
+        "root_hash": b64(c.root),
+        "timestamp": c.timestamp,
+        "signature": b64(c.signature),
+        "note": c.note(public_key),
+    }

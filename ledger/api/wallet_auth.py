@@ -1,0 +1,132 @@
+"""Who may act on a wallet: its operator (API key) or the wallet itself (a signed request).
+
+A wallet signs its own requests with its Ed25519 key: headers ``Wallet-Id``,
+``Wallet-Timestamp`` (Unix ms) and ``Wallet-Signature`` (base64) over
+``ledger.signing.read_message(method, path?query, timestamp, body)``. A request is accepted only
+within ``REQUEST_TOLERANCE_MS`` of the server's clock and only once: knowing a wallet id reveals
+nothing, and a captured request cannot be replayed later.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from fastapi import Request
+
+from ledger import signing
+from ledger.api.errors import APIError
+from ledger.api.models import parse_id
+from ledger.auth import Authenticator, Principal
+from ledger.domain import Wallet
+from ledger.wallets.service import Wallets
+
+REQUEST_TOLERANCE_MS: Final = 300_000
+SEEN_MAX: Final = 100_000
+"""Signatures remembered to refuse replays within the tolerance window (per process)."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """An operator (or the central bank) acting with its key, or a wallet signing for itself."""
+
+    principal: Principal | None
+    wallet_id: int | None
+
+
+class SeenRequests:
+    def __init__(self) -> None:
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, signature: bytes, now_ms: int) -> bool:
+        with self._lock:
+            while self._seen and (
+                len(self._seen) > SEEN_MAX
+                or next(iter(self._seen.values())) < now_ms - 2 * REQUEST_TOLERANCE_MS
+            ):
+                self._seen.popitem(last=False)
+            if signature in self._seen:
+                return False
+            self._seen[signature] = now_ms
+            return True
+
+
+async def authenticate(request: Request) -> Access:
+    """An API key (Authorization: Bearer) or a wallet's signature; 401 without either."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(401, "invalid_api_key", "use `Authorization: Bearer <key>`")
+        authenticator: Authenticator = request.app.state.authenticator
+        return Access(authenticator.authenticate(token.strip()), None)
+    if "wallet-signature" in request.headers:
+        return Access(None, await _signed_wallet(request))
+    raise APIError(
+        401,
+        "missing_credentials",
+        "send an API key (Authorization: Bearer) or sign the request with the wallet's key "
+        "(Wallet-Id, Wallet-Timestamp, Wallet-Signature)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def _signed_wallet(request: Request) -> int:
+    try:
+        wallet_id = parse_id(request.headers.get("wallet-id", ""))
+        timestamp_ms = int(request.headers.get("wallet-timestamp", ""))
+        signature = base64.b64decode(request.headers["wallet-signature"], validate=True)
+    except (ValueError, KeyError):
+        raise APIError(401, "invalid_wallet_signature", "malformed Wallet-* headers") from None
+    now_ms = time.time_ns() // 1_000_000
+    if abs(now_ms - timestamp_ms) > REQUEST_TOLERANCE_MS:
+        raise APIError(
+            401,
+            "wallet_signature_expired",
+            f"Wallet-Timestamp is more than {REQUEST_TOLERANCE_MS // 1000} s from the server's "
+            "clock; sign the request again",
+        )
+    wallets: Wallets = request.app.state.wallets
+    wallet = wallets.wallet(wallet_id)
+    if wallet is None:
+        raise APIError(401, "invalid_wallet_signature", "the signature does not verify")
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    message = signing.read_message(request.method, path, timestamp_ms, await request.body())
+    try:
+        signing.verify(wallet.public_key, message, signature)
+    except signing.SignatureError:
+        raise APIError(401, "invalid_wallet_signature", "the signature does not verify") from None
+    seen: SeenRequests = request.app.state.seen_requests
+    if not seen.first_time(signature, now_ms):
+        raise APIError(401, "wallet_request_replayed", "this signed request was already used")
+    return wallet_id
+
+
+def wallet_for(
+    access: Access, wallets: Wallets, wallet_id: int, *, parent_ok: bool = False
+) -> Wallet:
+    """The wallet, if ``access`` may act on it: its operator, the central bank, the wallet itself
+    (or, with ``parent_ok``, the wallet a sub-wallet belongs to). Otherwise 404: ids reveal
+    nothing."""
+    wallet = wallets.wallet(wallet_id)
+    allowed = wallet is not None and (
+        (access.principal is not None and (
+            access.principal.is_central_bank or access.principal.operator == wallet.operator
+        ))
+        or access.wallet_id == wallet_id
+        or (parent_ok and access.wallet_id is not None and access.wallet_id == wallet.parent)
+    )  # fmt: skip
+    if not allowed or wallet is None:
+        raise APIError(404, "wallet_not_found", "no such wallet", param="wallet_id")
+    return wallet
+
+
+def require_operator(access: Access) -> Principal:
+    if access.principal is None:
+        raise APIError(403, "permission_denied", "this needs the wallet's operator's API key")
+    return access.principal

@@ -1,0 +1,175 @@
+"""The ``ledger`` command: serve, verify, bench, keys."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ledger.config import Settings
+
+app = typer.Typer(
+    help="The e-CNY reference ledger: a signed, append-only, double-entry ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Central-bank and operator API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+err = Console(stderr=True)
+
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database", help="SQLAlchemy URL. Default: $LEDGER_DATABASE_URL or sqlite:///ledger.db"
+    ),
+]
+KeyFileOpt = Annotated[
+    Path | None,
+    typer.Option("--key-file", help="Signing key. Default: $LEDGER_KEY_FILE or beside the DB."),
+]
+
+
+@app.command()
+def serve(
+    database: DatabaseOpt = None,
+    key_file: KeyFileOpt = None,
+    host: Annotated[str | None, typer.Option(help="Default 127.0.0.1 (local only).")] = None,
+    port: Annotated[int | None, typer.Option(help="Default 8000.")] = None,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the first central-bank key here (mode 0600)."),
+    ] = None,
+) -> None:
+    """Run the ledger's HTTP API (OpenAPI at /docs)."""
+    import uvicorn
+
+    from ledger import auth
+    from ledger.server import running
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env(database, key_file, host, port)
+    with running(settings) as (asgi_app, ledger):
+        if not auth.has_central_bank_key(ledger.store.engine):
+            new = auth.create_api_key(ledger.store.engine, auth.ROLE_CENTRAL_BANK, "", "first key")
+            err.print("[bold]Central-bank API key[/] (shown once; the ledger keeps only a hash):")
+            sys.stderr.write(f"  {new.secret}\n")
+            if admin_key_file is not None:
+                _write_secret(admin_key_file, new.secret)
+        err.print(
+            f"ledger {ledger.origin} on {settings.database_url}, "
+            f"{ledger.sequencer.committed_size} entries; "
+            f"http://{settings.host}:{settings.port}/docs",
+            soft_wrap=True,
+        )
+        uvicorn.run(asgi_app, host=settings.host, port=settings.port, log_level="warning")
+
+
+@app.command()
+def verify(database: DatabaseOpt = None) -> None:
+    """Recompute the Merkle tree and every balance from the journal; check every signature.
+
+    Exits 1 naming the first entry, checkpoint, tile or account that does not match."""
+    from ledger.store.database import make_engine
+    from ledger.verify import verify as run_verify
+
+    settings = Settings.from_env(database)
+    engine = make_engine(settings.database_url)
+    with Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("entries", total=None)
+        report = run_verify(
+            engine, lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    engine.dispose()
+    if not report.ok:
+        err.print(f"[red]FAIL[/] {report.problem}")
+        raise typer.Exit(1)
+    print(
+        f"OK {report.entries} entries, {report.checkpoints} signed checkpoints, "
+        f"{report.accounts} accounts, {report.tiles} tiles, {report.signatures} wallet "
+        f"signatures; zero-sum (posted {report.totals[1]} = {report.totals[3]}, "
+        f"pending {report.totals[0]} = {report.totals[2]}); e-CNY in circulation "
+        f"{report.circulation_fen} = issued {report.issued_fen} - redeemed {report.redeemed_fen}"
+    )
+
+
+@app.command()
+def bench(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    runs: Annotated[int, typer.Option(help="Runs per figure; the median is reported.")] = 5,
+    transfers: Annotated[int, typer.Option(help="Transfers per run.")] = 200_000,
+    signed: Annotated[int, typer.Option(help="Signed wallet payments per run.")] = 50_000,
+    postgres: Annotated[
+        str,
+        typer.Option(help="Server for the PostgreSQL figures ('' to skip)."),
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+) -> None:
+    """Measure transfers/s in-process: engine, SQLite, PostgreSQL, one hot account."""
+    from ledger.bench import run_all
+
+    results = run_all(
+        runs=runs, transfers=transfers, postgres_url=postgres or None, log=err.print, signed=signed
+    )
+    if json_out:
+        print(json.dumps(results))
+    else:
+        for key, value in results.items():
+            print(f"{key:32} {value}")
+
+
+@keys_app.command("create")
+def keys_create(
+    operator: Annotated[str, typer.Option(help="The operator this key acts for.")],
+    role: Annotated[str, typer.Option(help="operator or central_bank")] = "operator",
+    name: Annotated[str, typer.Option(help="A label for people.")] = "",
+    database: DatabaseOpt = None,
+) -> None:
+    """Issue an API key. It is printed once; only its hash is stored."""
+    from ledger import auth
+    from ledger.store.database import make_engine, migrate
+
+    engine = make_engine(Settings.from_env(database).database_url)
+    migrate(engine)
+    try:
+        new = auth.create_api_key(engine, role, operator, name)
+    except ValueError as exc:
+        err.print(f"[red]error[/] {exc}")
+        raise typer.Exit(2) from None
+    print(new.secret)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, database: DatabaseOpt = None) -> None:
+    """Revoke a key by its id (the part after lk_cb_/lk_op_)."""
+    from ledger import auth
+    from ledger.store.database import make_engine
+
+    engine = make_engine(Settings.from_env(database).database_url)
+    if not auth.revoke_api_key(engine, key_id):
+        err.print(f"[red]error[/] no active key {key_id}")
+        raise typer.Exit(1)
+    print(f"revoked {key_id}")
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,198 @@
+"""The ledger as a running service: storage, identity, the writer, and reads.
+
+``LedgerService.open`` starts the committer process (which takes the single-writer lock and
+migrates the database), loads (or creates) the signing key, recovers the writer's state from the
+database and starts the sequencer. The HTTP API, the benchmarks and the tests all go through this
+one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import heapq
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from ledger import keys
+from ledger.domain import Account, CloseAccount, Transfer
+from ledger.engine import (
+    OP_CLOSE_ACCOUNTS,
+    OP_CREATE_ACCOUNTS,
+    OP_CREATE_TRANSFERS,
+    Engine,
+    OpResult,
+    State,
+)
+from ledger.idfilter import IdFilter
+from ledger.journal import Journal, MerkleLog, tile_node_reader
+from ledger.sequencer import QUEUE_MAX_EVENTS, Sequencer
+from ledger.store.committer import Committer
+from ledger.store.database import make_engine
+from ledger.store.writer import Store
+
+
+class LedgerIdentityError(RuntimeError):
+    """The key file or origin does not match the ledger stored in the database."""
+
+
+class LedgerService:
+    def __init__(
+        self,
+        store: Store,
+        committer: Committer,
+        key: SigningKey,
+        origin: str,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+        queue_max_events: int = QUEUE_MAX_EVENTS,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.public_key = bytes(key.verify_key)
+        self.origin = origin
+        self.committer = committer
+        engine, journal = self._load()
+        self.sequencer = Sequencer(
+            engine,
+            journal,
+            committer.commit,
+            store.load_transfers,
+            self._load,
+            IdFilter(store.iter_transfer_ids()),
+            clock_ns=clock_ns,
+            queue_max_events=queue_max_events,
+        )
+        self.sequencer.start()
+
+    @classmethod
+    def open(
+        cls,
+        database_url: str,
+        key_file: Path,
+        origin: str | None = None,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+        queue_max_events: int = QUEUE_MAX_EVENTS,
+        extra_migrations: Sequence[Path] = (),
+    ) -> LedgerService:
+        """Open the ledger; ``extra_migrations`` are the schema branches of components built
+        on it (the merchant API's tables), migrated by the committer with the ledger's own."""
+        committer = Committer(database_url, extra_migrations)  # the writer lock, the schema
+        engine = make_engine(database_url)
+        try:
+            key = keys.load_or_create(key_file)
+            store = Store(engine)
+            origin = _identity(store, key, origin, key_file)
+        except BaseException:
+            committer.close()
+            engine.dispose()
+            raise
+        return cls(
+            store, committer, key, origin, clock_ns=clock_ns, queue_max_events=queue_max_events
+        )
+
+    def _load(self) -> tuple[Engine, Journal]:
+        """Rebuild the writer's in-memory state from the database (at start, and after a
+        failed commit, once a live committer holds the lock)."""
+        self.committer.ensure_running()
+        rec = self.store.recover()
+        state = State()
+        for a in rec.accounts:
+            state.accounts[a.id] = a
+            for i, v in enumerate(a.balances()):
+                state.totals[i] += v
+        state.next_account_n = max((a.n for a in rec.accounts), default=0) + 1
+        for t in rec.live_pending:
+            state.live_pending[t.id] = t
+            if t.timeout_s:
+                heapq.heappush(state.expiries, (t.expires_at(), t.id))
+        state.next_seq = rec.size
+        for w in rec.wallets:
+            state.accounts[w.id].wallet = w
+        if rec.limits is not None:
+            state.limits_version, state.limits = rec.limits
+        log = MerkleLog.restore(rec.size, tile_node_reader(self.store.get_tile), rec.last_tiles)
+        if rec.checkpoint is not None:
+            state.last_timestamp = rec.checkpoint.timestamp
+            if rec.checkpoint.size != rec.size or rec.checkpoint.root != log.root():
+                raise LedgerIdentityError(
+                    f"the stored Merkle tree (size {rec.size}) does not match the last checkpoint "
+                    f"(size {rec.checkpoint.size}); run `ledger verify`"
+                )
+        return Engine(state), Journal(log, self.key, self.origin)
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def submit(self, op: int, items: list, operator: str | None = None) -> Future[OpResult]:
+        return self.sequencer.submit(op, items, operator)
+
+    def create_accounts(self, accounts: list[Account]) -> OpResult:
+        return self.submit(OP_CREATE_ACCOUNTS, accounts).result()
+
+    def create_transfers(self, transfers: list[Transfer]) -> OpResult:
+        return self.submit(OP_CREATE_TRANSFERS, transfers).result()
+
+    def close_accounts(self, closes: list[CloseAccount]) -> OpResult:
+        return self.submit(OP_CLOSE_ACCOUNTS, closes).result()
+
+    async def execute(self, op: int, items: list, operator: str | None = None) -> OpResult:
+        """Submit from async code on behalf of ``operator`` (None: the central bank); raises
+        Overloaded at once when the queue is full."""
+        return await asyncio.wrap_future(self.submit(op, items, operator))
+
+    def account_operator(self, account_id: int) -> str | None:
+        """Who operates an account, from the writer's memory (None if there is no such account).
+
+        Safe from other threads: the dict lookup is atomic and an account's operator never
+        changes."""
+        account = self.sequencer.engine.state.accounts.get(account_id)
+        return account.operator if account is not None else None
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def public_key_b64(self) -> str:
+        return base64.b64encode(self.public_key).decode()
+
+    def close(self) -> None:
+        try:
+            self.sequencer.close()
+        finally:
+            self.committer.close()
+            self.store.close()
+            self.store.engine.dispose()
+
+    def __enter__(self) -> LedgerService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _identity(store: Store, key: SigningKey, origin: str | None, key_file: Path) -> str:
+    """First start records the origin and public key; later starts must match them."""
+    public = base64.b64encode(bytes(key.verify_key)).decode()
+    stored_key = store.get_meta("public_key")
+    stored_origin = store.get_meta("origin")
+    if stored_key is None:
+        origin = origin or f"ecny-ledger.local/{secrets.token_hex(4)}"
+        store.set_meta("origin", origin)
+        store.set_meta("public_key", public)
+        store.set_meta("created_at", str(time.time_ns()))
+        return origin
+    if stored_key != public:
+        raise LedgerIdentityError(
+            f"{key_file} does not belong to this ledger: its public key is {public}, the "
+            f"ledger's is {stored_key}. Point LEDGER_KEY_FILE at the ledger's key."
+        )
+    assert stored_origin is not None
+    if origin and origin != stored_origin:
+        raise LedgerIdentityError(
+            f"this ledger's origin is {stored_origin!r}, not {origin!r}; unset LEDGER_ORIGIN"
+        )
+    return stored_origin

@@ -1,0 +1,115 @@
+"""Database engines and migrations: SQLite (WAL) by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+DEFAULT_URL = "sqlite:///ledger.db"
+SQLITE_PAGE_SIZE = 16384
+"""Bigger pages make the journal's index inserts much cheaper (measured: ~100k vs ~70k rows/s)."""
+SQLITE_CACHE_KIB = 131072
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def database_url(explicit: str | None = None) -> str:
+    """The URL to use: an explicit one, else $LEDGER_DATABASE_URL, else ./ledger.db."""
+    return explicit or os.environ.get("LEDGER_DATABASE_URL") or DEFAULT_URL
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> Path:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise ValueError("the ledger needs a file database; :memory: cannot be shared")
+    return Path(database)
+
+
+def sqlite_synchronous() -> str:
+    """FULL (default) syncs the WAL on every commit: a batch acknowledged is on disk even if
+    the machine loses power. NORMAL survives process crashes only."""
+    value = os.environ.get("LEDGER_SQLITE_SYNCHRONOUS", "FULL").upper()
+    if value not in ("FULL", "NORMAL", "EXTRA"):
+        raise ValueError("LEDGER_SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA")
+    return value
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """A SQLAlchemy engine; for SQLite with WAL, big pages and real BEGIN/COMMIT."""
+    if not is_sqlite(url):
+        kwargs.setdefault("pool_size", 8)
+        kwargs.setdefault("max_overflow", 8)
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
+    sqlite_path(url)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+    synchronous = sqlite_synchronous()
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (SQLAlchemy's recipe)
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")  # only takes on a new file
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def migrate(engine: Engine, extra: Sequence[Path] = ()) -> None:
+    """Bring the schema to the newest Alembic revisions: the ledger's own, and those of the
+    components built on it (``extra`` version directories, each an Alembic branch of its own)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    locations = [str(MIGRATIONS / "versions"), *(str(p) for p in extra)]
+    config.set_main_option("version_locations", os.pathsep.join(locations))
+    config.set_main_option("path_separator", "os")
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "heads")
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        try:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except Exception:
+            return None
+
+
+def create_postgres_database(url: str) -> None:
+    """Create the database a PostgreSQL URL names, if it does not exist (tests, bench)."""
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
+        ).scalar()
+        if not exists:
+            conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+
+
+def drop_postgres_database(url: str) -> None:
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    admin.dispose()

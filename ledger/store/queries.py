@@ -1,0 +1,256 @@
+"""Reads for the API: accounts, transfers, history, balances as of a sequence number, proofs.
+
+Readers never take the writer's lock: they see what the last committed batch wrote (WAL on
+SQLite, MVCC on PostgreSQL). Proofs come from stored tiles, so they cost O(log n) reads whatever
+the size of the log; complete tiles never change and are cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import Engine, text
+
+from ledger import checkpoint, entry, merkle
+from ledger.domain import PendingState, Result
+from ledger.journal import BALANCES, TILE_WIDTH, id_bytes, tile_node_reader
+from ledger.store.writer import last_checkpoint
+
+TILE_CACHE_MAX: Final = 4096
+"""Complete tiles kept in memory per process (8 KiB each: 32 MiB at most)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    id: int
+    n: int
+    ledger: int
+    code: int
+    flags: int
+    owner: str
+    operator: str
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    timestamp: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    seq: int
+    body: bytes
+    entry: entry.Entry
+
+
+@dataclass(frozen=True, slots=True)
+class TransferView:
+    """A stored transfer: accepted (with its entry) or a recorded rejection."""
+
+    entry: entry.TransferEntry
+    seq: int | None
+    result: Result
+    state: PendingState | None
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    seq: int
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+
+
+class Reader:
+    def __init__(self, engine: Engine, origin: str) -> None:
+        self.engine = engine
+        self.origin = origin
+        self._tiles: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._tiles_lock = threading.Lock()
+
+    def _one(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(text(sql), params).first()
+
+    def _all(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+
+    # -- accounts ---------------------------------------------------------------------------------
+
+    def account(self, account_id: int) -> AccountView | None:
+        row = self._one("SELECT * FROM accounts WHERE id = :id", id=id_bytes(account_id))
+        if row is None:
+            return None
+        m = row._mapping
+        return AccountView(
+            int.from_bytes(m["id"], "big"),
+            m["n"],
+            m["ledger"],
+            m["code"],
+            m["flags"],
+            m["owner"],
+            m["operator"],
+            m["debits_pending"],
+            m["debits_posted"],
+            m["credits_pending"],
+            m["credits_posted"],
+            m["timestamp"],
+            m["seq"],
+        )
+
+    def circulation(self, codes: list[int]) -> dict[str, object]:
+        """Net balances of the accounts with these codes (e-CNY), in total and by operator."""
+        marks = ", ".join(str(int(c)) for c in codes)
+        rows = self._all(
+            "SELECT operator, SUM(credits_posted - debits_posted) FROM accounts "
+            f"WHERE code IN ({marks}) GROUP BY operator ORDER BY operator"
+        )
+        by_operator = {operator: int(total) for operator, total in rows}
+        return {"circulation_fen": sum(by_operator.values()), "by_operator": by_operator}
+
+    def operator_of(self, account_n: int) -> str | None:
+        row = self._one("SELECT operator FROM accounts WHERE n = :n", n=account_n)
+        return row[0] if row else None
+
+    def history(self, account_n: int, limit: int, before_seq: int | None) -> list[EntryView]:
+        """Entries touching an account, newest first, with seq < before_seq."""
+        cursor = before_seq if before_seq is not None else 2**62
+        rows = []
+        for column in ("debit_n", "credit_n"):
+            rows += self._all(
+                f"SELECT seq, body FROM journal_entries WHERE {column} = :n AND seq < :c "
+                "ORDER BY seq DESC LIMIT :l",
+                n=account_n,
+                c=cursor,
+                l=limit,
+            )
+        rows.sort(key=lambda r: r[0], reverse=True)
+        return [
+            EntryView(seq, bytes(body), entry.decode(bytes(body))) for seq, body in rows[:limit]
+        ]
+
+    def balance_as_of(self, account_n: int, seq: int) -> Balance | None:
+        """Balances right after entry ``seq`` (or the last entry before it touching the account);
+        None if the account did not exist yet."""
+        best = None
+        for column, side in (("debit_n", 0), ("credit_n", 1)):
+            row = self._one(
+                f"SELECT seq, kind, balances FROM journal_entries WHERE {column} = :n "
+                "AND seq <= :s ORDER BY seq DESC LIMIT 1",
+                n=account_n,
+                s=seq,
+            )
+            if row is not None and (best is None or row[0] > best[0][0]):
+                best = (row, side)
+        if best is None:
+            return None
+        (at, kind, packed), side = best
+        if packed is None:  # account_created / account_closed carry no movement
+            if kind == entry.KIND_ACCOUNT_CREATED:
+                return Balance(at, 0, 0, 0, 0)
+            return self._balance_before_close(account_n, at)
+        values = BALANCES.unpack(bytes(packed))[4 * side : 4 * side + 4]
+        return Balance(at, *values)
+
+    def _balance_before_close(self, account_n: int, close_seq: int) -> Balance | None:
+        previous = self.balance_as_of(account_n, close_seq - 1)
+        return None if previous is None else dataclasses.replace(previous, seq=close_seq)
+
+    # -- transfers and entries --------------------------------------------------------------------
+
+    def transfer(self, transfer_id: int) -> TransferView | None:
+        key = id_bytes(transfer_id)
+        row = self._one(
+            "SELECT seq, body FROM journal_entries WHERE ref_id = :r AND kind = 2", r=key
+        )
+        if row is None:
+            rejected = self._one("SELECT result, body FROM rejected_transfers WHERE id = :r", r=key)
+            if rejected is None:
+                return None
+            e = entry.decode(bytes(rejected[1]))
+            assert isinstance(e, entry.TransferEntry)
+            return TransferView(e, None, Result(rejected[0]), None)
+        e = entry.decode(bytes(row[1]))
+        assert isinstance(e, entry.TransferEntry)
+        state = None
+        if e.flags & 2:  # pending: find what became of it
+            state = PendingState.PENDING
+            fate = self._one("SELECT kind, flags FROM journal_entries WHERE pending_id = :r", r=key)
+            if fate is not None:
+                kind, flags = fate
+                if kind == entry.KIND_PENDING_EXPIRED:
+                    state = PendingState.EXPIRED
+                else:
+                    state = PendingState.POSTED if flags & 4 else PendingState.VOIDED
+        return TransferView(e, row[0], Result.OK, state)
+
+    def account_closed(self, account_id: int) -> EntryView | None:
+        """The entry that closed an account; None while it is open."""
+        row = self._one(
+            "SELECT seq, body FROM journal_entries WHERE ref_id = :r AND kind = :k",
+            r=id_bytes(account_id),
+            k=entry.KIND_ACCOUNT_CLOSED,
+        )
+        if row is None:
+            return None
+        return EntryView(row[0], bytes(row[1]), entry.decode(bytes(row[1])))
+
+    def entry_at(self, seq: int) -> EntryView | None:
+        row = self._one("SELECT seq, body FROM journal_entries WHERE seq = :s", s=seq)
+        if row is None:
+            return None
+        return EntryView(row[0], bytes(row[1]), entry.decode(bytes(row[1])))
+
+    def entry_accounts(self, seq: int) -> tuple[int | None, int | None]:
+        row = self._one("SELECT debit_n, credit_n FROM journal_entries WHERE seq = :s", s=seq)
+        return (row[0], row[1]) if row else (None, None)
+
+    # -- checkpoints and proofs -------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> checkpoint.Checkpoint | None:
+        with self.engine.connect() as conn:
+            return last_checkpoint(conn, self.origin)
+
+    def checkpoint_at(self, size: int) -> checkpoint.Checkpoint | None:
+        row = self._one(
+            "SELECT size, root, timestamp, signature FROM checkpoints WHERE size = :s", s=size
+        )
+        if row is None:
+            return None
+        return checkpoint.Checkpoint(self.origin, row[0], bytes(row[1]), row[2], bytes(row[3]))
+
+    def _tile(self, level: int, idx: int) -> bytes:
+        key = (level, idx)
+        with self._tiles_lock:
+            cached = self._tiles.get(key)
+            if cached is not None:
+                self._tiles.move_to_end(key)
+                return cached
+        row = self._one(
+            "SELECT hashes FROM merkle_tiles WHERE level = :l AND idx = :i", l=level, i=idx
+        )
+        if row is None:
+            raise LookupError(f"no Merkle tile ({level}, {idx})")
+        data = bytes(row[0])
+        if len(data) == TILE_WIDTH * merkle.HASH_SIZE:  # complete tiles never change
+            with self._tiles_lock:
+                self._tiles[key] = data
+                if len(self._tiles) > TILE_CACHE_MAX:
+                    self._tiles.popitem(last=False)
+        return data
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return merkle.inclusion_proof_from_nodes(index, size, tile_node_reader(self._tile))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        return merkle.consistency_proof_from_nodes(old_size, new_size, tile_node_reader(self._tile))
+
+    def root_at(self, size: int) -> bytes:
+        return merkle.root_from_nodes(size, tile_node_reader(self._tile))

@@ -1,0 +1,62 @@
+"""Puts the merchant API into the ledger's application (called by ``ledger.server``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Final
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ledger.api.errors import APIError, error_response
+from merchant_api.keys import KeyChecker
+from merchant_api.routes import merchants, payment_orders, refunds
+from merchant_api.service import MerchantError, MerchantService
+
+MIGRATIONS: Final = Path(__file__).parent / "migrations" / "versions"
+"""The merchant API's schema branch, for ``LedgerService.open(extra_migrations=...)``."""
+WORK_INTERVAL_S: Final = 1.0
+log = logging.getLogger("merchant_api")
+
+
+def install(app: FastAPI, service: MerchantService) -> None:
+    app.state.merchants = service
+    app.state.merchant_keys = KeyChecker(service.engine)
+
+    @app.exception_handler(MerchantError)
+    async def _merchant_error(request: Request, exc: MerchantError) -> JSONResponse:
+        return error_response(
+            request, APIError(exc.status, exc.code, str(exc), exc.param, exc.headers)
+        )
+
+    for module in (merchants, payment_orders, refunds):
+        app.include_router(module.router)
+
+
+class Workers:
+    """Background work: expire orders whose time is up (and, in the same loop, anything else
+    the merchant API does on a schedule). A thread, so it runs whatever serves HTTP."""
+
+    def __init__(self, service: MerchantService) -> None:
+        self.service = service
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="merchant-workers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def run_once(self) -> None:
+        self.service.expire_due()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(WORK_INTERVAL_S):
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("merchant background work failed; retrying")

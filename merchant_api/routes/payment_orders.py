@@ -1,0 +1,148 @@
+"""Payment orders: create (with a dynamic EMVCo QR code), read, list, cancel; paid by a wallet
+(merchant-presented QR) or captured from a customer's payment code (customer-presented)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from ledger.api.deps import ReaderDep
+from ledger.api.models import parse_id
+from ledger.api.views import item_results, receipt
+from ledger.wallets.service import SignedPayment
+from merchant_api.deps import MerchantDep, ServiceDep, idempotent
+from merchant_api.schemas import CaptureCode, OrderCreate, OrderPayment
+from merchant_api.service import MerchantError, MerchantService
+
+router = APIRouter(prefix="/v1/payment_orders", tags=["payment orders"])
+PAGE_LIMIT_MAX = 100
+
+
+def _order_id(value: str) -> int:
+    try:
+        return parse_id(value)
+    except ValueError:
+        raise MerchantError(
+            404, "payment_order_not_found", "no such payment order", "payment_order"
+        ) from None
+
+
+@router.post("", status_code=201)
+async def create_payment_order(
+    body: OrderCreate, ctx: MerchantDep, service: ServiceDep, request: Request
+) -> Any:
+    """An order with its dynamic QR code. The same out_trade_no with the same parameters
+    returns the existing order (200); with other parameters, 409 ``out_trade_no_conflict``.
+    With ``payment_code``, the customer's code is captured at once (one step)."""
+
+    async def run() -> JSONResponse:
+        params = body.model_dump(exclude_unset=True, exclude={"payment_code"})
+        order, created = service.create_order(ctx, params)
+        if body.payment_code:
+            await service.capture(ctx, int.from_bytes(order.id, "big"), body.payment_code)
+        return JSONResponse(service.view(order), status_code=201 if created else 200)
+
+    return await idempotent(request, ctx, run)
+
+
+@router.get("/{order_id}")
+def read_payment_order(order_id: str, ctx: MerchantDep, service: ServiceDep) -> Any:
+    return service.view(service.order(ctx, _order_id(order_id)))
+
+
+@router.get("")
+def list_payment_orders(
+    ctx: MerchantDep,
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 20,
+    starting_after: Annotated[str | None, Query(description="An order id.")] = None,
+    status: Literal["requires_payment", "succeeded", "canceled", "expired"] | None = None,
+    created_gte: Annotated[int | None, Query(description="Unix seconds")] = None,
+    created_lte: Annotated[int | None, Query(description="Unix seconds")] = None,
+) -> Any:
+    """Newest first, cursor-paginated (``starting_after``), filtered by status and date."""
+    cursor = _order_id(starting_after) if starting_after else None
+    views: list[dict[str, Any]] = []
+    has_more = True
+    while has_more and len(views) < limit:  # status is derived, so it filters after reading
+        page, has_more = service.list_orders(
+            ctx,
+            limit=limit,
+            starting_after=cursor,
+            created_gte=created_gte,
+            created_lte=created_lte,
+        )
+        for order in page:
+            view = service.view(order)
+            if status is None or view["status"] == status:
+                views.append(view)
+        if page:
+            cursor = int.from_bytes(page[-1].id, "big")
+    return {"object": "list", "data": views[:limit], "has_more": has_more or len(views) > limit}
+
+
+@router.post("/{order_id}/cancel")
+async def cancel_payment_order(
+    order_id: str, ctx: MerchantDep, service: ServiceDep, request: Request
+) -> Any:
+    """Cancel an unpaid order (again: the same answer). A paid order: 409."""
+
+    async def run() -> JSONResponse:
+        order = await service.cancel(ctx, _order_id(order_id))
+        return JSONResponse(service.view(order))
+
+    return await idempotent(request, ctx, run)
+
+
+@router.post("/{order_id}/capture_code")
+async def capture_payment_code(
+    order_id: str, body: CaptureCode, ctx: MerchantDep, service: ServiceDep, request: Request
+) -> Any:
+    """Customer-presented mode: the till submits the code the customer's wallet shows; the
+    ledger checks its signature, expiry and single use, and pays the order once."""
+
+    async def run() -> JSONResponse:
+        order, transfer, result = await service.capture(ctx, _order_id(order_id), body.payment_code)
+        return JSONResponse(_outcome(service, order, transfer, result, None, None))
+
+    return await idempotent(request, ctx, run)
+
+
+@router.post("/{order_id}/pay")
+async def pay_payment_order(
+    order_id: str, body: OrderPayment, request: Request, reader: ReaderDep, service: ServiceDep
+) -> Any:
+    """A wallet pays an order it scanned: a payment signed by the payer whose id is the order
+    id. No API key: the signature is the authority. Exactly once, however many try."""
+    oid = _order_id(order_id)
+    order = service.order(None, oid)
+    payment = SignedPayment(
+        oid,
+        body.payer,
+        service.wallet_of(service.merchant(order.merchant_id)),
+        body.amount,
+        body.expires_at_ms,
+        body.key_version,
+        body.signature,
+        currency=body.currency,
+    )
+    order, transfer, result = await service.pay(oid, payment)
+    return JSONResponse(_outcome(service, order, transfer, result, reader, request))
+
+
+def _outcome(
+    service: MerchantService, order: Any, transfer: Any, result: Any, reader: Any, request: Any
+) -> dict[str, Any]:
+    item = item_results([transfer], result)["results"][0]
+    out = {
+        "result": item["result"],
+        "replayed": item["replayed"],
+        "seq": item["seq"],
+        "limit": item.get("limit"),
+        "payment_order": service.view(order),
+    }
+    if reader is not None and item["result"] == "ok" and item["seq"] is not None:
+        out["receipt"] = receipt(reader, item["seq"], result.tree_size, service.ledger.public_key)
+    return out

@@ -1,0 +1,737 @@
+"""Payment orders, refunds and merchants on top of the ledger (in process).
+
+The ledger's writer decides what happens to money; this module decides what to ask it and
+records what it decided:
+
+* An order's id is its payment's transfer id (flag ``attempt``: a failed try leaves the order
+  payable). Paying, cancelling and expiring all race in the writer: whichever is sequenced first
+  wins, and the others are refused (``order_already_paid``, ``order_not_payable``).
+  Cancel and expiry are tombstones on that id.
+* Refunds draw on a per-order allowance account that may not go negative, linked with the
+  refund transfer, so the total refunded never exceeds the amount paid, under any concurrency.
+* Each outcome's transition row and webhook event are attachments: the committer inserts them in
+  the same transaction as the ledger change (the transactional outbox).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nacl.signing import SigningKey
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from ledger import signing
+from ledger.domain import (
+    RESULT_PLACEHOLDER,
+    Account,
+    AccountFlags,
+    Attachment,
+    CancelTransferId,
+    Result,
+    Transfer,
+    TransferFlags,
+)
+from ledger.engine import OP_CANCEL_IDS, OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, OpResult
+from ledger.journal import id_bytes
+from ledger.service import LedgerService
+from ledger.wallets import codes
+from ledger.wallets.service import SignedPayment, WalletError, Wallets, system_id
+from merchant_api.keys import MerchantContext, issue_key
+from merchant_api.models import (
+    Merchant,
+    OrderTransition,
+    PaymentOrder,
+    Refund,
+    RefundTransition,
+)
+from wallet_sdk import qr
+
+CNY: Final = 156
+NAMESPACE: Final = uuid.UUID("0b3f7c2e-5d14-4e88-a3c9-6f0a1d2e3b4c")
+ORDER_TTL_DEFAULT_S: Final = 15 * 60
+ORDER_TTL_MAX_S: Final = 24 * 3600
+ECNY_QR_GUID: Final = "cn.ecny.ledger"
+"""Merchant account information (EMVCo tag 26): subfield 00 this GUID, 01 the merchant's
+wallet id; for an order, additional data 62/05 holds the order id (22 characters of base64url)."""
+SIGNATURE_TTL_MS: Final = 5 * 60 * 1000
+TRANSITION: Final = ("order_id", "status", "at_ms", "payer", "method")
+REFUND_TRANSITION: Final = ("refund_id", "status", "at_ms", "failure_code")
+EVENT: Final = (
+    "id",
+    "merchant_id",
+    "livemode",
+    "type",
+    "object_id",
+    "object_version",
+    "payload",
+    "created_at_ms",
+)
+
+
+class MerchantError(Exception):
+    """A request refused before (or instead of) reaching the ledger: status, code, message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+        self.headers = headers or {}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def uuid_of(raw: bytes | int) -> str:
+    return str(uuid.UUID(bytes=raw) if isinstance(raw, bytes) else uuid.UUID(int=raw))
+
+
+def order_reference(order_id: int) -> str:
+    """The order id as EMVCo reference label (62/05 allows 25 characters): base64url."""
+    return base64.urlsafe_b64encode(order_id.to_bytes(16, "big")).rstrip(b"=").decode()
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Onboarded:
+    merchant: Merchant
+    test_key: str
+    live_key: str
+
+
+class MerchantService:
+    def __init__(
+        self, ledger: LedgerService, wallets: Wallets, secret_key: bytes, *, clock_ms: Any = now_ms
+    ) -> None:
+        self.ledger = ledger
+        self.wallets = wallets
+        self.engine = ledger.store.engine
+        self._aead = AESGCM(secret_key)
+        self.clock_ms = clock_ms
+
+    # -- merchants ---------------------------------------------------------------------------------
+
+    def onboard(
+        self,
+        operator: str,
+        *,
+        name: str,
+        city: str,
+        mcc: str,
+        kyc: dict[str, str],
+        linked_bank: int,
+        wallet_class: int = 2,
+        settlement_schedule: str = "manual",
+    ) -> Onboarded:
+        """A merchant: its merchant wallet at ``operator`` (its key held here, sealed), and a
+        test and a live API key, shown once."""
+        key = SigningKey.generate()
+        wallet_id = uuid.uuid4().int
+        try:
+            opened = self.wallets.open_wallet(
+                operator,
+                wallet_id,
+                kind="merchant",
+                klass=wallet_class,
+                public_key=bytes(key.verify_key),
+                kyc=kyc,
+                linked_bank=linked_bank,
+            ).result()
+        except WalletError as exc:
+            raise MerchantError(422, exc.code, str(exc), exc.param) from None
+        if opened.codes != [0]:
+            raise MerchantError(422, Result(opened.codes[0]).name.lower(), "wallet refused")
+        self.wallets.kyc.put(wallet_id, operator, kyc)
+        merchant_id = "mch_" + secrets.token_hex(12)
+        nonce = os.urandom(12)
+        merchant = Merchant(
+            id=merchant_id,
+            name=name,
+            city=city,
+            mcc=mcc,
+            operator=operator,
+            wallet_id=id_bytes(wallet_id),
+            key_nonce=nonce,
+            sealed_key=self._aead.encrypt(nonce, bytes(key), merchant_id.encode()),
+            settlement_schedule=settlement_schedule,
+            settled_day=0,
+            created_at_ms=now_ms(),
+        )
+        with Session(self.engine) as session:
+            session.add(merchant)
+            session.commit()
+            session.refresh(merchant)
+        return Onboarded(
+            merchant,
+            issue_key(self.engine, merchant_id, False),
+            issue_key(self.engine, merchant_id, True),
+        )
+
+    def signing_key(self, merchant: Merchant) -> SigningKey:
+        seed = self._aead.decrypt(merchant.key_nonce, merchant.sealed_key, merchant.id.encode())
+        return SigningKey(seed)
+
+    @staticmethod
+    def wallet_of(merchant: Merchant) -> int:
+        return int.from_bytes(merchant.wallet_id, "big")
+
+    def static_qr(self, merchant: Merchant) -> str:
+        """The merchant's own QR code: the payer enters the amount."""
+        return self._qr(merchant, None, None)
+
+    def _qr(self, merchant: Merchant, amount: int | None, order_id: int | None) -> str:
+        account = {"26": {"00": ECNY_QR_GUID, "01": uuid_of(merchant.wallet_id)}}
+        extra = {"05": order_reference(order_id)} if order_id is not None else None
+        return qr.encode(
+            merchant_name=merchant.name,
+            merchant_city=merchant.city,
+            currency="156",
+            country_code="CN",
+            amount_fen=amount,
+            point_of_initiation="dynamic" if order_id is not None else "static",
+            merchant_account=account,
+            additional_data=extra,
+            merchant_category_code=merchant.mcc,
+        )
+
+    # -- orders ------------------------------------------------------------------------------------
+
+    def create_order(
+        self, ctx: MerchantContext, params: dict[str, Any]
+    ) -> tuple[PaymentOrder, bool]:
+        """A new order, or the open one already made with this out_trade_no and the same
+        parameters (409 ``out_trade_no_conflict`` if they differ)."""
+        now = self.clock_ms()
+        ttl_s = params.get("expires_at", now // 1000 + ORDER_TTL_DEFAULT_S) - now // 1000
+        if not 0 < ttl_s <= ORDER_TTL_MAX_S:
+            raise MerchantError(
+                422,
+                "invalid_expires_at",
+                "expires_at must be in the future and within 24 hours",
+                "expires_at",
+            )
+        digest = params_hash({k: v for k, v in params.items() if k != "out_trade_no"})
+        with Session(self.engine) as session:
+            existing = session.execute(
+                select(PaymentOrder).where(
+                    col(PaymentOrder.merchant_id) == ctx.merchant_id,
+                    col(PaymentOrder.livemode) == ctx.mode,
+                    col(PaymentOrder.out_trade_no) == params["out_trade_no"],
+                )
+            ).first()
+            if existing is not None:
+                order = existing[0]
+                if order.params_hash != digest:
+                    raise MerchantError(
+                        409,
+                        "out_trade_no_conflict",
+                        "an order with this out_trade_no exists with other parameters",
+                        "out_trade_no",
+                    )
+                return order, False
+            order = PaymentOrder(
+                id=id_bytes(uuid.uuid4().int),
+                merchant_id=ctx.merchant_id,
+                livemode=ctx.mode,
+                amount=params["amount"],
+                currency=params.get("currency", "CNY"),
+                out_trade_no=params["out_trade_no"],
+                description=params.get("description", ""),
+                expires_at_ms=now + ttl_s * 1000,
+                metadata_json=json.dumps(params.get("metadata", {}), sort_keys=True),
+                params_hash=digest,
+                created_at_ms=now,
+            )
+            session.add(order)
+            session.commit()
+            session.refresh(order)
+        return order, True
+
+    def order(self, ctx: MerchantContext | None, order_id: int) -> PaymentOrder:
+        """The order; with a context, only the caller's (in its mode): 404 otherwise."""
+        with Session(self.engine) as session:
+            order = session.get(PaymentOrder, id_bytes(order_id))
+        if order is None or (ctx is not None and order.merchant_id != ctx.merchant_id):
+            raise MerchantError(
+                404, "payment_order_not_found", "no such payment order", "payment_order"
+            )
+        if ctx is not None and order.livemode != ctx.mode:
+            raise MerchantError(
+                404, "livemode_mismatch", "this order was made in the other mode (test vs live)"
+            )
+        return order
+
+    def transition(self, order: PaymentOrder) -> OrderTransition | None:
+        with Session(self.engine) as session:
+            return session.get(OrderTransition, order.id)
+
+    def refunds_of(self, order: PaymentOrder) -> list[tuple[Refund, RefundTransition | None]]:
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(Refund, RefundTransition)
+                .join(
+                    RefundTransition,
+                    col(RefundTransition.refund_id) == col(Refund.id),
+                    isouter=True,
+                )
+                .where(col(Refund.order_id) == order.id)
+                .order_by(col(Refund.created_at_ms))
+            ).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def status(self, order: PaymentOrder, transition: OrderTransition | None) -> str:
+        if transition is not None:
+            return transition.status
+        return "expired" if self.clock_ms() >= order.expires_at_ms else "requires_payment"
+
+    def view(self, order: PaymentOrder, *, predicted: str | None = None) -> dict[str, Any]:
+        """The order as the API and webhook events show it. ``predicted`` renders the status an
+        event will report once the change it travels with is committed."""
+        merchant = self.merchant(order.merchant_id)
+        transition = None if predicted else self.transition(order)
+        refunds = [] if predicted else self.refunds_of(order)
+        refunded = sum(r.amount for r, t in refunds if t is not None and t.status == "succeeded")
+        finals = sum(1 for _, t in refunds if t is not None)
+        status = predicted or self.status(order, transition)
+        order_id = int.from_bytes(order.id, "big")
+        return {
+            "id": uuid_of(order.id),
+            "object": "payment_order",
+            "livemode": bool(order.livemode),
+            "amount": order.amount,
+            "currency": order.currency,
+            "out_trade_no": order.out_trade_no,
+            "description": order.description,
+            "status": status,
+            "amount_refunded": refunded,
+            "created": order.created_at_ms // 1000,
+            "expires_at": order.expires_at_ms // 1000,
+            "metadata": json.loads(order.metadata_json),
+            "payer": uuid_of(transition.payer) if transition and transition.payer else None,
+            "paid_with": transition.method if transition else None,
+            "qr_code": self._qr(merchant, order.amount, order_id),
+            "pay_to": uuid_of(merchant.wallet_id),
+            "version": 1 + (transition is not None or predicted is not None) + finals,
+        }
+
+    def merchant(self, merchant_id: str) -> Merchant:
+        with Session(self.engine) as session:
+            merchant = session.get(Merchant, merchant_id)
+        assert merchant is not None
+        return merchant
+
+    def list_orders(
+        self,
+        ctx: MerchantContext,
+        *,
+        limit: int,
+        starting_after: int | None,
+        created_gte: int | None,
+        created_lte: int | None,
+    ) -> tuple[list[PaymentOrder], bool]:
+        query = select(PaymentOrder).where(
+            col(PaymentOrder.merchant_id) == ctx.merchant_id, col(PaymentOrder.livemode) == ctx.mode
+        )
+        if starting_after is not None:
+            cursor = self.order(ctx, starting_after)
+            query = query.where(
+                (col(PaymentOrder.created_at_ms) < cursor.created_at_ms)
+                | (
+                    (col(PaymentOrder.created_at_ms) == cursor.created_at_ms)
+                    & (col(PaymentOrder.id) < cursor.id)
+                )
+            )
+        if created_gte is not None:
+            query = query.where(col(PaymentOrder.created_at_ms) >= created_gte * 1000)
+        if created_lte is not None:
+            query = query.where(col(PaymentOrder.created_at_ms) <= created_lte * 1000)
+        query = query.order_by(col(PaymentOrder.created_at_ms).desc(), col(PaymentOrder.id).desc())
+        with Session(self.engine) as session:
+            rows = [r[0] for r in session.execute(query.limit(limit + 1)).all()]
+        return rows[:limit], len(rows) > limit
+
+    # -- events and transitions (attachments) -------------------------------------------------
+
+    def _event(self, merchant_id: str, livemode: int, type: str, obj: dict[str, Any]) -> Attachment:
+        event_id = "evt_" + secrets.token_hex(12)
+        created = self.clock_ms()
+        payload = {
+            "id": event_id,
+            "type": type,
+            "timestamp": created,
+            "livemode": bool(livemode),
+            "object_version": obj["version"],
+            "data": {"object": obj},
+        }
+        values = (
+            event_id,
+            merchant_id,
+            livemode,
+            type,
+            obj["id"],
+            obj["version"],
+            json.dumps(payload, sort_keys=True),
+            created,
+        )
+        return Attachment("webhook_events", EVENT, values)
+
+    def _order_outcome(
+        self, order: PaymentOrder, status: str, payer: int | None, method: str | None
+    ) -> list[Attachment]:
+        at = self.clock_ms()
+        transition = Attachment(
+            "payment_order_transitions",
+            TRANSITION,
+            (order.id, status, at, id_bytes(payer) if payer else None, method),
+        )
+        view = self.view(order, predicted=status)
+        view["payer"] = uuid_of(payer) if payer else None
+        view["paid_with"] = method
+        event = self._event(order.merchant_id, order.livemode, f"payment_order.{status}", view)
+        return [transition, event]
+
+    # -- paying an order ---------------------------------------------------------------------------
+
+    def _payable(self, order: PaymentOrder) -> None:
+        """Refuse at once what can never be paid; a paid order goes on to the ledger, which
+        answers a retried payment with its first result and anyone else with a conflict."""
+        status = self.status(order, self.transition(order))
+        if status in ("canceled", "expired"):
+            raise MerchantError(409, "order_not_payable", f"the order is {status}", "payment_order")
+
+    async def pay(
+        self, order_id: int, payment: SignedPayment
+    ) -> tuple[PaymentOrder, Transfer, OpResult]:
+        """A wallet pays an order (merchant-presented QR): one transfer, id = order id."""
+        order = self.order(None, order_id)
+        self._payable(order)
+        merchant = self.merchant(order.merchant_id)
+        checks = (
+            (
+                payment.id == order_id,
+                "invalid_payment_id",
+                "sign the payment with the order id as its id",
+                "id",
+            ),
+            (
+                payment.payee == self.wallet_of(merchant),
+                "invalid_payee",
+                "pay the order's merchant wallet",
+                "payee",
+            ),
+            (payment.amount == order.amount, "amount_mismatch", "pay the order's amount", "amount"),
+            (
+                payment.expires_at_ms <= order.expires_at_ms,
+                "signature_outlives_order",
+                "the signature must expire no later than the order",
+                "expires_at_ms",
+            ),
+        )
+        for ok, code, message, param in checks:
+            if not ok:
+                raise MerchantError(422, code, message, param)
+        payment.attempt = True
+        payment.attachments = self._order_outcome(order, "succeeded", payment.payer, "qr")
+        transfers, result = await self.wallets.pay([payment])
+        self._raise_if_taken(result)
+        return order, transfers[0], result
+
+    async def capture(
+        self, ctx: MerchantContext, order_id: int, code_text: str
+    ) -> tuple[PaymentOrder, Transfer, OpResult]:
+        """The merchant's till captures a payment code the customer shows (customer-presented
+        mode): checked here (signature, key, expiry, maximum), single use in the writer."""
+        order = self.order(ctx, order_id)
+        self._payable(order)
+        try:
+            code = signing.PaymentCode.decode(code_text)
+        except signing.SignatureError:
+            raise MerchantError(
+                422, "payment_code_invalid", "not a payment code", "payment_code"
+            ) from None
+        wallet = self.wallets.wallet(code.payer)
+        if wallet is None or code.key_version != wallet.key_version:
+            raise MerchantError(
+                422, "payment_code_invalid", "the code's key is not the wallet's", "payment_code"
+            )
+        try:
+            signing.verify(wallet.public_key, code.message(), code.signature)
+        except signing.SignatureError:
+            raise MerchantError(
+                422, "payment_code_invalid", "the code's signature does not verify", "payment_code"
+            ) from None
+        if code.expires_at_ms < self.clock_ms():
+            raise MerchantError(422, "payment_code_expired", "ask for a fresh code", "payment_code")
+        if code.max_amount < order.amount or code.currency != order.currency:
+            raise MerchantError(
+                422, "payment_code_amount", "the code does not cover the order", "payment_code"
+            )
+        merchant = self.merchant(order.merchant_id)
+        transfer = Transfer(
+            order_id,
+            code.payer,
+            self.wallet_of(merchant),
+            order.amount,
+            CNY,
+            codes.PAYMENT,
+            TransferFlags.ATTEMPT,
+            authorization=code.authorization(),
+        )
+        transfer.attachments = self._order_outcome(order, "succeeded", code.payer, "payment_code")
+        result = await self.ledger.execute(OP_CREATE_TRANSFERS, [transfer], None)
+        self._raise_if_taken(result)
+        if result.codes[0] == Result.PAYMENT_CODE_USED:
+            raise MerchantError(
+                409, "payment_code_used", "this payment code was already used", "payment_code"
+            )
+        return order, transfer, result
+
+    @staticmethod
+    def _raise_if_taken(result: OpResult) -> None:
+        code = result.codes[0]
+        if code == Result.TRANSFER_ID_CANCELED:
+            raise MerchantError(409, "order_not_payable", "the order was canceled or expired")
+        if Result.EXISTS_WITH_DIFFERENT_FLAGS <= code <= Result.EXISTS_WITH_DIFFERENT_AUTHORIZATION:
+            raise MerchantError(409, "order_already_paid", "the order is already paid")
+
+    # -- cancel and expire ------------------------------------------------------------------------
+
+    async def cancel(self, ctx: MerchantContext, order_id: int) -> PaymentOrder:
+        """Cancel an unpaid order; cancelling it again is answered the same way."""
+        order = self.order(ctx, order_id)
+        stone = CancelTransferId(
+            order_id, "canceled", self._order_outcome(order, "canceled", None, None)
+        )
+        result = await self.ledger.execute(OP_CANCEL_IDS, [stone], None)
+        if result.codes[0] == Result.TRANSFER_ID_USED:
+            raise MerchantError(409, "order_already_paid", "a paid order cannot be canceled")
+        status = self.status(order, self.transition(order))
+        if status != "canceled":
+            raise MerchantError(409, "order_not_cancelable", f"the order is {status}")
+        return order
+
+    def expire_due(self, limit: int = 500) -> int:
+        """Tombstone orders past their expiry with no outcome yet (run periodically)."""
+        now = self.clock_ms()
+        with Session(self.engine) as session:
+            due = session.execute(
+                select(PaymentOrder)
+                .join(
+                    OrderTransition,
+                    col(OrderTransition.order_id) == col(PaymentOrder.id),
+                    isouter=True,
+                )
+                .where(
+                    col(OrderTransition.order_id).is_(None), col(PaymentOrder.expires_at_ms) <= now
+                )
+                .limit(limit)
+            ).all()
+        stones = [
+            CancelTransferId(
+                int.from_bytes(o[0].id, "big"),
+                "expired",
+                self._order_outcome(o[0], "expired", None, None),
+            )
+            for o in due
+        ]
+        if stones:
+            self.ledger.submit(OP_CANCEL_IDS, stones, None).result()
+        return len(stones)
+
+    # -- refunds -----------------------------------------------------------------------------------
+
+    def refund_id(self, ctx: MerchantContext, out_refund_no: str) -> int:
+        return uuid.uuid5(NAMESPACE, f"{ctx.merchant_id}/{ctx.mode}/refund/{out_refund_no}").int
+
+    async def refund(self, ctx: MerchantContext, params: dict[str, Any]) -> Refund:
+        """Refund part or all of a paid order, back to the payer's wallet. Idempotent on
+        out_refund_no; the total refunded never exceeds what was paid (checked by the writer)."""
+        order = self.order(ctx, params["payment_order"])
+        transition = self.transition(order)
+        if transition is None or transition.status != "succeeded" or transition.payer is None:
+            raise MerchantError(
+                409, "order_not_paid", "only a paid order can be refunded", "payment_order"
+            )
+        refund, created = self._refund_row(ctx, order, params)
+        if not created:
+            return refund
+        merchant = self.merchant(order.merchant_id)
+        await self._ensure_allowance(merchant, order)
+        await self._submit_refund(merchant, order, refund, int.from_bytes(transition.payer, "big"))
+        return refund
+
+    def _refund_row(
+        self, ctx: MerchantContext, order: PaymentOrder, params: dict[str, Any]
+    ) -> tuple[Refund, bool]:
+        digest = params_hash({k: v for k, v in params.items() if k != "out_refund_no"})
+        refund_id = id_bytes(self.refund_id(ctx, params["out_refund_no"]))
+        with Session(self.engine) as session:
+            existing = session.get(Refund, refund_id)
+            if existing is not None:
+                if existing.params_hash != digest:
+                    raise MerchantError(
+                        409,
+                        "out_refund_no_conflict",
+                        "a refund with this out_refund_no exists with other parameters",
+                        "out_refund_no",
+                    )
+                return existing, False
+            refund = Refund(
+                id=refund_id,
+                merchant_id=ctx.merchant_id,
+                livemode=ctx.mode,
+                order_id=order.id,
+                amount=params["amount"],
+                out_refund_no=params["out_refund_no"],
+                reason=params.get("reason", ""),
+                params_hash=digest,
+                created_at_ms=self.clock_ms(),
+            )
+            session.add(refund)
+            session.commit()
+            session.refresh(refund)
+        return refund, True
+
+    async def _ensure_allowance(self, merchant: Merchant, order: PaymentOrder) -> None:
+        """The order's refund allowance: an account funded once with the amount paid."""
+        order_id = int.from_bytes(order.id, "big")
+        source = system_id(f"{merchant.operator}/refund_allowance_source")
+        allowance = system_id(f"refund_allowance/{order_id}")
+        accounts = [
+            Account(source, CNY, codes.REFUND_ALLOWANCE_SOURCE, 0, "", merchant.operator),
+            Account(
+                allowance,
+                CNY,
+                codes.ORDER_REFUND_ALLOWANCE,
+                AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+                "",
+                merchant.operator,
+            ),
+        ]
+        await self.ledger.execute(OP_CREATE_ACCOUNTS, accounts, merchant.operator)
+        funding = Transfer(
+            system_id(f"refund_allowance/{order_id}/funding"),
+            source,
+            allowance,
+            order.amount,
+            CNY,
+            codes.REFUND_ALLOWANCE,
+        )
+        result = await self.ledger.execute(OP_CREATE_TRANSFERS, [funding], merchant.operator)
+        assert result.codes == [0], f"funding a refund allowance failed: {result.codes}"
+
+    async def _submit_refund(
+        self, merchant: Merchant, order: PaymentOrder, refund: Refund, payer: int
+    ) -> OpResult:
+        refund_id = int.from_bytes(refund.id, "big")
+        order_id = int.from_bytes(order.id, "big")
+        wallet = self.wallet_of(merchant)
+        expires = self.clock_ms() + SIGNATURE_TTL_MS
+        auth = signing.sign_payment(
+            self.signing_key(merchant), 1, refund_id, wallet, payer, refund.amount, "CNY", expires
+        )
+        money = Transfer(
+            refund_id,
+            wallet,
+            payer,
+            refund.amount,
+            CNY,
+            codes.REFUND,
+            TransferFlags.LINKED,
+            authorization=auth.encode(),
+        )
+        money.attachments = self._refund_outcome(refund, order)
+        draw = Transfer(
+            system_id(f"refund/{refund_id}/allowance"),
+            system_id(f"refund_allowance/{order_id}"),
+            system_id(f"{merchant.operator}/refund_allowance_source"),
+            refund.amount,
+            CNY,
+            codes.REFUND_ALLOWANCE,
+        )
+        return await self.ledger.execute(OP_CREATE_TRANSFERS, [money, draw], merchant.operator)
+
+    def _refund_outcome(self, refund: Refund, order: PaymentOrder) -> list[Attachment]:
+        at = self.clock_ms()
+        out = []
+        for status, when in (("succeeded", "ok"), ("failed", "rejected")):
+            failure = None if status == "succeeded" else RESULT_PLACEHOLDER
+            view = self.refund_view(
+                refund,
+                RefundTransition(
+                    refund_id=refund.id, status=status, at_ms=at, failure_code=failure
+                ),
+            )
+            event = self._event(refund.merchant_id, refund.livemode, f"refund.{status}", view)
+            out += [
+                Attachment(
+                    "refund_transitions", REFUND_TRANSITION, (refund.id, status, at, failure), when
+                ),
+                Attachment("webhook_events", EVENT, event.values, when),
+            ]
+        return out
+
+    def refund_transition(self, refund: Refund) -> RefundTransition | None:
+        with Session(self.engine) as session:
+            return session.get(RefundTransition, refund.id)
+
+    def refund_view(
+        self, refund: Refund, transition: RefundTransition | None = None
+    ) -> dict[str, Any]:
+        t = transition or self.refund_transition(refund)
+        failure = t.failure_code if t is not None else None
+        if failure == "linked_event_failed":
+            failure = "amount_exceeds_refundable"  # the allowance leg refused it
+        return {
+            "id": uuid_of(refund.id),
+            "object": "refund",
+            "livemode": bool(refund.livemode),
+            "payment_order": uuid_of(refund.order_id),
+            "amount": refund.amount,
+            "currency": "CNY",
+            "out_refund_no": refund.out_refund_no,
+            "reason": refund.reason,
+            "status": t.status if t is not None else "pending",
+            "failure_code": failure,
+            "created": refund.created_at_ms // 1000,
+            "version": 1 + (t is not None),
+        }
+
+    def refund_by_id(self, ctx: MerchantContext, refund_id: int) -> Refund:
+        with Session(self.engine) as session:
+            refund = session.get(Refund, id_bytes(refund_id))
+        if refund is None or refund.merchant_id != ctx.merchant_id:
+            raise MerchantError(404, "refund_not_found", "no such refund", "refund")
+        if refund.livemode != ctx.mode:
+            raise MerchantError(404, "livemode_mismatch", "this refund was made in the other mode")
+        return refund
+
+    def refunded_total(self, order: PaymentOrder) -> int:
+        with Session(self.engine) as session:
+            total = session.execute(
+                select(func.coalesce(func.sum(Refund.amount), 0))
+                .join(RefundTransition, col(RefundTransition.refund_id) == col(Refund.id))
+                .where(
+                    col(Refund.order_id) == order.id, col(RefundTransition.status) == "succeeded"
+                )
+            ).one()
+        return int(total[0])
