@@ -5,7 +5,7 @@ API), so the ledger core never depends on them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from ledger.service import LedgerService
 from ledger.wallets.kyc import KycStore, load_or_create_key
 from ledger.wallets.service import Wallets
 from merchant_api import app as merchant_app
-from merchant_api.service import MerchantService
+from merchant_api.service import MerchantService, now_ms
 
 
 def open_wallets(ledger: LedgerService, kyc_key_file: Path) -> Wallets:
@@ -26,11 +26,15 @@ def open_wallets(ledger: LedgerService, kyc_key_file: Path) -> Wallets:
 
 
 def full_app(
-    ledger: LedgerService, wallets: Wallets, merchant_key: bytes
+    ledger: LedgerService,
+    wallets: Wallets,
+    merchant_key: bytes,
+    *,
+    clock_ms: Callable[[], int] = now_ms,
 ) -> tuple[FastAPI, MerchantService]:
     """The ledger's API with the merchant API in it."""
     app = create_app(ledger, wallets)
-    merchants = MerchantService(ledger, wallets, merchant_key)
+    merchants = MerchantService(ledger, wallets, merchant_key, clock_ms=clock_ms)
     merchant_app.install(app, merchants)
     return app, merchants
 

@@ -71,8 +71,11 @@ class KeyChecker:
 
     CACHE_TTL_S: Final = 10.0
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, rate_per_s: float = RATE_PER_S, burst: float = RATE_BURST
+    ) -> None:
         self.engine = engine
+        self.rate_per_s, self.burst = rate_per_s, burst
         self._cache: dict[str, tuple[float, MerchantContext]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, at)
         self._lock = threading.Lock()
@@ -111,10 +114,10 @@ class KeyChecker:
         """Spend one request; 0 if allowed, else seconds to wait before the next one."""
         now = time.monotonic()
         with self._lock:
-            tokens, at = self._buckets.get(key_id, (RATE_BURST, now))
-            tokens = min(RATE_BURST, tokens + (now - at) * RATE_PER_S)
+            tokens, at = self._buckets.get(key_id, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
             if tokens < 1:
                 self._buckets[key_id] = (tokens, now)
-                return (1 - tokens) / RATE_PER_S
+                return (1 - tokens) / self.rate_per_s
             self._buckets[key_id] = (tokens - 1, now)
             return 0.0

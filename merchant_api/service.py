@@ -22,6 +22,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -120,7 +121,12 @@ class Onboarded:
 
 class MerchantService:
     def __init__(
-        self, ledger: LedgerService, wallets: Wallets, secret_key: bytes, *, clock_ms: Any = now_ms
+        self,
+        ledger: LedgerService,
+        wallets: Wallets,
+        secret_key: bytes,
+        *,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.ledger = ledger
         self.wallets = wallets
