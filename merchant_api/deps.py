@@ -74,7 +74,7 @@ async def idempotent(
         )
     body = await request.body()
     digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + body).hexdigest()
-    engine = request.app.state.merchants.engine
+    engine = request.app.state.merchants.writes
     replay = _claim(engine, ctx, key, digest)
     if replay is not None:
         return replay

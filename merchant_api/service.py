@@ -29,6 +29,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nacl.signing import SigningKey
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from ledger import signing
@@ -45,6 +46,7 @@ from ledger.domain import (
 from ledger.engine import OP_CANCEL_IDS, OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, OpResult
 from ledger.journal import id_bytes
 from ledger.service import LedgerService
+from ledger.store.database import for_writes
 from ledger.wallets import codes
 from ledger.wallets.service import SignedPayment, WalletError, Wallets, system_id
 from merchant_api.keys import MerchantContext, issue_key
@@ -131,6 +133,7 @@ class MerchantService:
         self.ledger = ledger
         self.wallets = wallets
         self.engine = ledger.store.engine
+        self.writes = for_writes(self.engine)
         self._aead = AESGCM(secret_key)
         self.clock_ms = clock_ms
 
@@ -222,7 +225,7 @@ class MerchantService:
     # -- orders ------------------------------------------------------------------------------------
 
     def create_order(
-        self, ctx: MerchantContext, params: dict[str, Any]
+        self, ctx: MerchantContext, params: dict[str, Any], *, _retry: bool = True
     ) -> tuple[PaymentOrder, bool]:
         """A new order, or the open one already made with this out_trade_no and the same
         parameters (409 ``out_trade_no_conflict`` if they differ)."""
@@ -236,7 +239,7 @@ class MerchantService:
                 "expires_at",
             )
         digest = params_hash({k: v for k, v in params.items() if k != "out_trade_no"})
-        with Session(self.engine) as session:
+        with Session(self.writes) as session:
             existing = session.execute(
                 select(PaymentOrder).where(
                     col(PaymentOrder.merchant_id) == ctx.merchant_id,
@@ -268,7 +271,12 @@ class MerchantService:
                 created_at_ms=now,
             )
             session.add(order)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:  # the same out_trade_no, made concurrently: answer with it
+                if _retry:
+                    return self.create_order(ctx, params, _retry=False)
+                raise
             session.refresh(order)
         return order, True
 
@@ -445,12 +453,6 @@ class MerchantService:
                 "payee",
             ),
             (payment.amount == order.amount, "amount_mismatch", "pay the order's amount", "amount"),
-            (
-                payment.expires_at_ms <= order.expires_at_ms,
-                "signature_outlives_order",
-                "the signature must expire no later than the order",
-                "expires_at_ms",
-            ),
         )
         for ok, code, message, param in checks:
             if not ok:
@@ -586,11 +588,16 @@ class MerchantService:
         return refund
 
     def _refund_row(
-        self, ctx: MerchantContext, order: PaymentOrder, params: dict[str, Any]
+        self,
+        ctx: MerchantContext,
+        order: PaymentOrder,
+        params: dict[str, Any],
+        *,
+        _retry: bool = True,
     ) -> tuple[Refund, bool]:
         digest = params_hash({k: v for k, v in params.items() if k != "out_refund_no"})
         refund_id = id_bytes(self.refund_id(ctx, params["out_refund_no"]))
-        with Session(self.engine) as session:
+        with Session(self.writes) as session:
             existing = session.get(Refund, refund_id)
             if existing is not None:
                 if existing.params_hash != digest:
@@ -613,7 +620,12 @@ class MerchantService:
                 created_at_ms=self.clock_ms(),
             )
             session.add(refund)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:  # the same out_refund_no, made concurrently
+                if _retry:
+                    return self._refund_row(ctx, order, params, _retry=False)
+                raise
             session.refresh(refund)
         return refund, True
 
@@ -662,7 +674,6 @@ class MerchantService:
             refund.amount,
             CNY,
             codes.REFUND,
-            TransferFlags.LINKED,
             authorization=auth.encode(),
         )
         money.attachments = self._refund_outcome(refund, order)
@@ -673,8 +684,10 @@ class MerchantService:
             refund.amount,
             CNY,
             codes.REFUND_ALLOWANCE,
+            TransferFlags.LINKED,
         )
-        return await self.ledger.execute(OP_CREATE_TRANSFERS, [money, draw], merchant.operator)
+        # The allowance first: when both would fail, "more than was paid" is the reason given.
+        return await self.ledger.execute(OP_CREATE_TRANSFERS, [draw, money], merchant.operator)
 
     def _refund_outcome(self, refund: Refund, order: PaymentOrder) -> list[Attachment]:
         at = self.clock_ms()

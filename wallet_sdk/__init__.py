@@ -13,6 +13,12 @@ Quickstart (an operator's API key opens wallets; each wallet signs its own payme
         assert verify_receipt(payment.receipt, client.public_key())  # anyone can, offline
         print(client.balance(shop))                                   # ¥12.30
 
+At a shop: ``client.pay_qr(alice, scanned_text)`` pays a merchant's QR code; a code the merchant
+API printed for an order pays that order (its id is the payment's id, so it is paid once,
+however often you call). Or the customer shows ``alice.payment_code(Money.yuan("50.00"))``
+(signed offline, good for one payment up to that amount, 60 s by default) and the till captures
+it.
+
 ``AsyncClient`` has the same methods, awaited. Keys live on the device: save them with
 ``Keystore.save(path, passphrase, alice)``. Errors form one tree (see ``wallet_sdk._errors``):
 ``APIError`` and its per-status subclasses, ``APIConnectionError``, ``PaymentRejected``,
@@ -20,7 +26,9 @@ Quickstart (an operator's API key opens wallets; each wallet signs its own payme
 ``QRCodeError`` and ``WebhookVerificationError``.
 
 The SDK talks HTTP only; the protocol code it shares with the server (canonical bytes, Merkle
-proofs, checkpoint signatures) is the ledger's own dependency-free modules: one truth.
+proofs, checkpoint signatures) is the ledger's own dependency-free modules: one truth. The
+payment code's bytes are the exception, written out in ``wallet_sdk.keys`` and tested
+byte-identical to ``ledger.signing``.
 """
 
 from __future__ import annotations

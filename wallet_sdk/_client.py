@@ -16,11 +16,18 @@ answer (``Payment.replayed`` is then True). If every retry fails, ``APIConnectio
 the ``payment_id``; call ``pay`` again with ``payment_id=`` that id and the same arguments.
 The signature's expiry is derived from the id's own timestamp (ids are UUIDv7), so the second
 call signs byte-identical bytes and is a replay, not a second payment.
+
+A merchant's payment order (``pay_qr`` of a code from the merchant API) is paid with the order
+id as the payment id, so it too is paid at most once. That id is random, not time-ordered, so a
+second call signs another expiry, and the ledger refuses it as a conflict (409
+``order_already_paid``); the SDK then asks for the order id's receipt as the payer, and if it
+shows this wallet paid the order, returns that payment (``replayed=True``), verified as ever.
 """
 
 from __future__ import annotations
 
 import base64
+import string
 import threading
 import time
 import uuid
@@ -39,6 +46,7 @@ from wallet_sdk._errors import (
     APIConnectionError,
     ForkDetected,
     InvalidRequestError,
+    NotFoundError,
     OperationRejected,
     PaymentRejected,
     ReceiptVerificationError,
@@ -81,6 +89,9 @@ ECNY_QR_GUID: Final = "cn.ecny.ledger"
 """The globally unique identifier (sub-tag 00) of the merchant account template (tags 26-51)
 in an EMVCo QR code that names an e-CNY ledger wallet: sub-tag 01 is the payee wallet's UUID.
 ``qr.encode(merchant_account={"26": {"00": ECNY_QR_GUID, "01": wallet_id}}, ...)``."""
+ORDER_REFERENCE_CHARS: Final = 22
+"""Length of an order reference (62/05) on an e-CNY code: a 16-byte order id, base64url."""
+_BASE64URL: Final = frozenset(string.ascii_letters + string.digits + "-_")
 _UUID7_VERSION: Final = 7
 
 
@@ -101,9 +112,16 @@ class Payment:
     """An accepted signed payment, with its receipt already verified offline.
 
     ``replayed`` is True when the ledger had seen this id before and answered with the first
-    outcome. ``limit`` is the spending-limit detail the ledger attached, if any (refusals raise
-    :class:`PaymentRejected`, which carries it too). Keep ``receipt``: with the ledger's public
-    key, ``verify_receipt(payment.receipt, key)`` proves the payment to anyone, offline."""
+    outcome (for a payment order: also when an earlier call of this wallet had paid it and the
+    ledger's receipt for the order id shows so). ``limit`` is the spending-limit detail the
+    ledger attached, if any (refusals raise :class:`PaymentRejected`, which carries it too).
+    Keep ``receipt``: with the ledger's public key, ``verify_receipt(payment.receipt, key)``
+    proves the payment to anyone, offline.
+
+    ``payment_order`` is set when ``pay_qr`` paid a merchant's payment order: the order as the
+    merchant API showed it in its answer (``id``, ``status``, ``out_trade_no``, ...; unsigned,
+    for display: the receipt is the proof). None for other payments, and for an order whose
+    payment was recovered from its receipt rather than answered by the merchant API."""
 
     id: str
     result: str
@@ -116,6 +134,7 @@ class Payment:
     receipt: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
     limit: dict[str, Any] | None = None
+    payment_order: dict[str, Any] | None = None
 
 
 # --- argument checks ----------------------------------------------------------------------------
@@ -212,6 +231,21 @@ def _qr_payee(scanned: qr.MerchantQR) -> str:
     )
 
 
+def _qr_order_id(scanned: qr.MerchantQR) -> int | None:
+    """The payment order an e-CNY code is for: 62/05 holding the order's 16-byte id as
+    :data:`ORDER_REFERENCE_CHARS` characters of unpadded base64url (the merchant API's
+    ``order_reference``). None for a static code, or a reference label of the merchant's own."""
+    reference = scanned.reference_label
+    if reference is None or len(reference) != ORDER_REFERENCE_CHARS:
+        return None
+    if not set(reference) <= _BASE64URL:
+        return None
+    raw = base64.urlsafe_b64decode(reference + "==")
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != reference:
+        return None  # stray bits in the last character: not an id the merchant API wrote
+    return int.from_bytes(raw, "big") or None
+
+
 def _qr_amount(scanned: qr.MerchantQR, amount: Money | int | None) -> int:
     if scanned.amount_fen is None:
         if amount is None:
@@ -221,6 +255,46 @@ def _qr_amount(scanned: qr.MerchantQR, amount: Money | int | None) -> int:
         fixed, given = Money(scanned.amount_fen), Money(amount_fen(amount))
         raise ValueError(f"the QR code fixes the amount at {fixed}, not {given}")
     return amount_fen(scanned.amount_fen, "the QR code's amount")
+
+
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    """A payment signed on this device, before it is sent: what its receipt must show."""
+
+    keys: WalletKeys
+    id: int
+    payee: int
+    amount_fen: int
+    expires_at_ms: int
+    signature: bytes
+
+    def fields(self) -> dict[str, Any]:
+        """The signed fields as every payment route takes them (the id and payee may be in the
+        path or implied by it, as for an order)."""
+        return {
+            "payer": self.keys.wallet_id, "amount": self.amount_fen, "currency": "CNY",
+            "expires_at_ms": self.expires_at_ms, "key_version": self.keys.key_version,
+            "signature": base64.b64encode(self.signature).decode(),
+        }  # fmt: skip
+
+    def receipt_call(self) -> Call:
+        """Ask for this payment's receipt, as its payer (a signed read)."""
+        return Call("GET", f"/v1/receipts/{_uuid(self.id)}", auth="wallet", keys=self.keys)
+
+
+def _sign(
+    keys: WalletKeys, payment_id: int, payee: int, amount: Money | int, expires_in_s: int
+) -> _Signed:
+    """The payer's signature over one payment, made here: the key never leaves the device."""
+    if not isinstance(keys, WalletKeys):
+        raise TypeError("pay with the payer's WalletKeys: the payment is signed on the device")
+    fen = amount_fen(amount)
+    expires_at_ms = _expires_at_ms(payment_id, _expires_in_s(expires_in_s))
+    auth = keys.sign_payment(
+        payment_id=payment_id, payee=payee, amount_fen=fen, expires_at_ms=expires_at_ms,
+        currency="CNY",
+    )  # fmt: skip
+    return _Signed(keys, payment_id, payee, fen, expires_at_ms, auth.signature)
 
 
 # --- the operations, written once ----------------------------------------------------------------
@@ -377,48 +451,60 @@ class _Operations:
         kind: str,
         path: str = "/v1/payments",
     ) -> Op[Payment]:
-        if not isinstance(keys, WalletKeys):
-            raise TypeError("pay with the payer's WalletKeys: the payment is signed on the device")
-        pid, payee, fen = _transfer_id(payment_id), wallet_id_int(to), amount_fen(amount)
-        meta, expires_at_ms = _metadata(metadata), _expires_at_ms(pid, _expires_in_s(expires_in_s))
-        auth = keys.sign_payment(
-            payment_id=pid, payee=payee, amount_fen=fen, expires_at_ms=expires_at_ms,
-            currency="CNY",
-        )  # fmt: skip
+        signed = _sign(keys, _transfer_id(payment_id), wallet_id_int(to), amount, expires_in_s)
+        meta = _metadata(metadata)
         body: dict[str, Any] = {
-            "id": _uuid(pid), "payer": keys.wallet_id, "payee": _uuid(payee), "amount": fen,
-            "currency": "CNY", "expires_at_ms": expires_at_ms, "key_version": keys.key_version,
-            "signature": base64.b64encode(auth.signature).decode(), "kind": _kind(kind),
-            "metadata": meta,
+            "id": _uuid(signed.id), "payee": _uuid(signed.payee), **signed.fields(),
+            "kind": _kind(kind), "metadata": meta,
         }  # fmt: skip
+        return (yield from self._op_send(signed, Call("POST", path, json=body), meta))
+
+    def _op_send(
+        self, signed: _Signed, call: Call, metadata: dict[str, str] | None = None
+    ) -> Op[Payment]:
+        """Send a signed payment; a refusal raises, an acceptance comes back verified."""
         try:
-            data = yield Call("POST", path, json=body)
+            data = yield call
         except APIConnectionError as exc:
+            pid = _uuid(signed.id)
             raise APIConnectionError(
-                f"{exc}. Payment {_uuid(pid)} may have been committed: call again with "
-                f"payment_id={_uuid(pid)!r} and the same arguments to learn its outcome",
-                payment_id=_uuid(pid),
+                f"{exc}. Payment {pid} may have been committed: call again with "
+                f"payment_id={pid!r} and the same arguments to learn its outcome",
+                payment_id=pid,
             ) from exc
-        item = data if path == "/v1/payments" else _only_item(data)  # one item vs. a batch
+        item = _only_item(data) if "results" in data else data  # a batch route, or one item
         if item.get("result") != "ok":
             raise PaymentRejected(
-                str(item.get("result")), id=_uuid(pid), replayed=bool(item.get("replayed")),
+                str(item.get("result")), id=_uuid(signed.id), replayed=bool(item.get("replayed")),
                 limit=item.get("limit"),
             )  # fmt: skip
-        receipt = item.get("receipt")
+        return (yield from self._op_accepted(signed, item, item.get("receipt"), metadata))
+
+    def _op_accepted(
+        self,
+        signed: _Signed,
+        item: dict[str, Any],
+        receipt: Any,
+        metadata: dict[str, str] | None = None,
+    ) -> Op[Payment]:
+        """The accepted payment, once its receipt verifies and is of exactly what was signed."""
         if receipt is None:  # a replay, or a route that does not attach one: ask for it
-            answer = yield Call("GET", f"/v1/receipts/{_uuid(pid)}", auth="wallet", keys=keys)
+            answer = yield signed.receipt_call()
             receipt = answer.get("receipt")
-        decoded = yield from self._op_verify(receipt, pid)
+        decoded = yield from self._op_verify(receipt, signed.id)
         if not (
             isinstance(decoded, TransferEntry)
             and (decoded.debit_account_id, decoded.credit_account_id, decoded.amount)
-            == (keys.wallet_id_int, payee, fen)
+            == (signed.keys.wallet_id_int, signed.payee, signed.amount_fen)
         ):
             raise ReceiptVerificationError("the receipt's entry is not the payment that was signed")
+        seq = item.get("seq", receipt["leaf_index"])  # it verified, so it has one
+        order = item.get("payment_order")
         return Payment(
-            _uuid(pid), "ok", bool(item.get("replayed")), item.get("seq"), item.get("timestamp"),
-            keys.wallet_id, _uuid(payee), Money(fen), receipt, meta, item.get("limit"),
+            _uuid(signed.id), "ok", bool(item.get("replayed")), seq,
+            item.get("timestamp", decoded.timestamp), signed.keys.wallet_id, _uuid(signed.payee),
+            Money(signed.amount_fen), receipt, dict(metadata or {}), item.get("limit"),
+            payment_order=order if isinstance(order, dict) else None,
         )  # fmt: skip
 
     def _op_pay_qr(
@@ -432,6 +518,14 @@ class _Operations:
     ) -> Op[Payment]:
         scanned = qr.parse(payload)
         payee, fen = _qr_payee(scanned), _qr_amount(scanned, amount)
+        order_id = _qr_order_id(scanned)
+        if order_id is not None:
+            if metadata:
+                raise ValueError("an order's payment carries no metadata: its id is the order's")
+            if payment_id is not None and wallet_id_int(payment_id) != order_id:
+                raise ValueError(f"an order's payment id is the order id {_uuid(order_id)}")
+            payee_id = wallet_id_int(payee)
+            return (yield from self._op_pay_order(keys, order_id, payee_id, fen, expires_in_s))
         meta = _metadata(metadata)
         order = scanned.reference_label
         if order is not None:
@@ -441,6 +535,29 @@ class _Operations:
         return (
             yield from self._op_pay(keys, payee, fen, meta, expires_in_s, payment_id, "payment")
         )
+
+    def _op_pay_order(
+        self, keys: WalletKeys, order_id: int, payee: int, fen: int, expires_in_s: int
+    ) -> Op[Payment]:
+        """Pay a merchant's payment order: a payment whose id is the order id, so however many
+        times (or wallets) try, the order is paid once."""
+        signed = _sign(keys, order_id, payee, fen, expires_in_s)
+        call = Call("POST", f"/v1/payment_orders/{_uuid(order_id)}/pay", json=signed.fields())
+        try:
+            return (yield from self._op_send(signed, call))
+        except InvalidRequestError as exc:
+            if exc.code != "order_already_paid":
+                raise
+            refused = exc
+        # Paid already. By this wallet, if an earlier call's answer was lost: that one was signed
+        # with another expiry (an order id carries no time to derive it from), so the ledger
+        # calls this a conflict, not a replay. The wallet's receipt for the order id settles it.
+        try:
+            answer = yield signed.receipt_call()
+        except NotFoundError:  # not a payment of this wallet: someone else paid
+            raise refused from None
+        replayed = {"result": "ok", "replayed": True}
+        return (yield from self._op_accepted(signed, replayed, answer.get("receipt")))
 
     def _op_redeem(
         self,
@@ -658,8 +775,20 @@ class Client(_Operations):
         payment_id: str | int | uuid.UUID | None = None,
     ) -> Payment:
         """Pay a scanned merchant QR code (EMVCo; payee per :data:`ECNY_QR_GUID`). A dynamic
-        code fixes the amount; a static one needs ``amount``. Its reference label (62/05)
-        travels as ``metadata["order"]``."""
+        code fixes the amount; a static one needs ``amount``.
+
+        A merchant API payment order (an e-CNY code whose 62/05 is the order's 16-byte id as
+        22 characters of base64url) is paid as that order: the payment's id is the order id,
+        sent to ``POST /v1/payment_orders/{id}/pay``, so the order is paid once however often
+        anyone tries, and calling again after :class:`APIConnectionError` gives the first
+        outcome (``replayed=True``). A paid order raises :class:`InvalidRequestError` with
+        ``code`` ``order_already_paid`` (409; ``order_not_payable`` if canceled or expired;
+        ``amount_mismatch``, 422), an unknown one :class:`NotFoundError`
+        (``payment_order_not_found``). An order's payment takes no ``metadata``; ``payment_id``,
+        if given, must be the order id. ``Payment.payment_order`` is the order's view.
+
+        Any other reference label (62/05) travels as ``metadata["order"]`` of a payment to the
+        merchant's wallet."""
         return self._run(self._op_pay_qr(keys, payload, amount, metadata, expires_in_s, payment_id))
 
     def top_up(

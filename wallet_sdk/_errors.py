@@ -113,11 +113,14 @@ class PermissionDeniedError(APIError):
 
 
 class NotFoundError(APIError):
-    """404: no such object, or one the credential may not see."""
+    """404: no such object, or one the credential may not see (``payment_order_not_found``
+    for an order code that names no order)."""
 
 
 class InvalidRequestError(APIError):
-    """400, 409, 422 (and any other 4xx): fix the request; ``param`` names the field."""
+    """400, 409, 422 (and any other 4xx): fix the request; ``param`` names the field. Paying a
+    merchant's order, ``code`` says why: 409 ``order_already_paid`` (by another wallet) or
+    ``order_not_payable`` (canceled, expired), 422 ``amount_mismatch``."""
 
 
 class RateLimitError(APIError):

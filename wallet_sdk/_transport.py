@@ -5,7 +5,8 @@ through an ``httpx`` client (the one I/O seam: tests hand in a ``TestClient``, a
 ``ASGITransport`` or a ``MockTransport``). Stripe's rules:
 
 * every POST carries an ``Idempotency-Key`` (uuid4), the same on every retry of that call;
-* retried: connection errors and timeouts, 409, 429 and 5xx; nothing else;
+* retried: connection errors and timeouts, 429, 5xx and 409 ``idempotency_key_in_progress``;
+  nothing else (another 409 is a conflict: retrying cannot change it);
 * the delay is ``Retry-After`` when the server sends one (up to ``RETRY_AFTER_MAX_S``), else
   capped, jittered exponential backoff;
 * a wallet-signed request is signed again on every attempt: the ledger accepts each signature
@@ -43,7 +44,8 @@ MAX_DELAY_S: Final = 8.0
 RETRY_AFTER_MAX_S: Final = 60.0
 """A ``Retry-After`` longer than this is not waited for; the backoff applies instead."""
 MAX_RETRIES_LIMIT: Final = 10
-RETRY_STATUSES: Final = frozenset({409, 429})
+IN_PROGRESS: Final = "idempotency_key_in_progress"
+"""The one 409 that is retried: a request with the same Idempotency-Key is still running."""
 RETRY_ERRORS: Final = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 """No answer, or a broken one: worth another attempt. A bad URL or a proxy refusing is not."""
 
@@ -96,7 +98,19 @@ def _retry_after_s(value: str | None) -> float | None:
 
 
 def _retryable(response: httpx.Response) -> bool:
-    return response.status_code in RETRY_STATUSES or response.status_code >= 500
+    if response.status_code == 409:  # only "the same request is still running" is worth a retry
+        return _error_code(response) == IN_PROGRESS
+    return response.status_code == 429 or response.status_code >= 500
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _error(response: httpx.Response) -> APIError:

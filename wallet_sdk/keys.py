@@ -2,7 +2,14 @@
 
 The private key never leaves the device: the ledger learns only the public key, when the
 operator opens the wallet. Everything the wallet authorises is signed here, with the exact bytes
-the server checks (``ledger.signing``, one truth for both sides).
+the server checks (``ledger.signing``, one truth for both sides), including the payment code a
+wallet shows at a till (:meth:`WalletKeys.payment_code`).
+
+Payment code, as shown (base64url of these bytes, no padding; 156 characters)::
+
+    code id u128 | payer u128 | max amount u64 | currency (3 ASCII bytes) | expires_at_ms u64 |
+    key_version u16 | Ed25519 signature (64 bytes) over
+        b"ecny/payment-code/v1\\x00" | code id ... expires_at_ms   (the first five fields)
 
 Keystore file format, version 1 (UTF-8 JSON, every binary field base64)::
 
@@ -45,10 +52,12 @@ from nacl.signing import SigningKey
 from ledger import signing
 from ledger.ids import new_id
 from wallet_sdk._errors import KeystoreError
+from wallet_sdk.money import Money, amount_fen
 
 __all__ = [
     "KEYSTORE_FORMAT",
     "KEYSTORE_VERSION",
+    "PAYMENT_CODE_TTL_MAX_S",
     "Keystore",
     "WalletKeys",
     "wallet_id_int",
@@ -64,7 +73,11 @@ MEMLIMIT_DEFAULT: Final = _ARGON2ID.MEMLIMIT_MODERATE
 """libsodium's "moderate" cost (256 MiB, ~1 s): the keys move money, so a stolen file should
 be slow to guess at. Interactive apps may pass the "interactive" limits instead."""
 _U128: Final = 1 << 128
+_U64: Final = (1 << 64) - 1
 _SEED_SIZE: Final = 32
+PAYMENT_CODE_TTL_MAX_S: Final = 300
+"""Longest life of a payment code: it is shown at a till and read at once; a short life bounds
+what a photographed code is worth."""
 
 
 def wallet_id_int(value: WalletKeys | str | int | uuid.UUID) -> int:
@@ -144,6 +157,25 @@ class WalletKeys:
             self._key, self.key_version, payment_id, self.wallet_id_int, payee, amount_fen,
             currency, expires_at_ms,
         )  # fmt: skip
+
+    def payment_code(self, max_amount: Money | int, *, ttl_s: int = 60) -> str:
+        """The text this wallet shows at a till (as a QR code or barcode) in customer-presented
+        mode: it lets the merchant take up to ``max_amount``, once, within ``ttl_s`` seconds
+        (1..300). Made offline; a fresh random code id every call, and the ledger accepts each
+        code id once, so show a new code for every purchase."""
+        fen = amount_fen(max_amount, "max_amount")
+        if fen > _U64:
+            raise ValueError(f"max_amount is at most {_U64} fen, not {fen}")
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int):
+            raise TypeError(f"ttl_s is an int (seconds), not {type(ttl_s).__name__}")
+        if not 1 <= ttl_s <= PAYMENT_CODE_TTL_MAX_S:
+            raise ValueError(f"ttl_s is 1..{PAYMENT_CODE_TTL_MAX_S} seconds, not {ttl_s}")
+        expires_at_ms = time.time_ns() // 1_000_000 + ttl_s * 1000
+        code = signing.sign_payment_code(
+            self._key, self.key_version, uuid.uuid4().int, self.wallet_id_int, fen, "CNY",
+            expires_at_ms,
+        )  # fmt: skip
+        return code.encode()
 
     def sign_request(self, method: str, path_and_query: str, body: bytes) -> dict[str, str]:
         """Headers that authenticate one HTTP request as this wallet.

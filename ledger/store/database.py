@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
@@ -68,9 +68,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql(
+            "BEGIN IMMEDIATE" if conn._execution_options.get(IMMEDIATE) else "BEGIN"
+        )
 
     return engine
+
+
+IMMEDIATE: Final = "sqlite_begin_immediate"
+
+
+def for_writes(engine: Engine) -> Engine:
+    """The engine for transactions that read, then write (outside the ledger's committer).
+
+    On SQLite (WAL) a transaction that starts reading and then writes fails at once with
+    "database is locked" if another process (the committer) wrote in between: the busy timeout
+    cannot help a stale snapshot. ``BEGIN IMMEDIATE`` takes the write lock first, waiting its
+    turn. PostgreSQL ignores the option."""
+    return engine.execution_options(**{IMMEDIATE: True})
 
 
 def migrate(engine: Engine, extra: Sequence[Path] = ()) -> None:

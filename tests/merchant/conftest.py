@@ -152,7 +152,7 @@ class Pilot:
             "key_version": payer.key_version,
             "signature": b64(auth.signature),
         }
-        return str(self.post("/v1/payments", body)["results"][0]["result"])
+        return str(self.post("/v1/payments", body)["result"])
 
     # -- merchants ---------------------------------------------------------------------------
 

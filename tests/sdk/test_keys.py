@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import stat
+import time
 import unicodedata
 import uuid
 from pathlib import Path
@@ -13,10 +14,17 @@ from typing import Any
 
 import nacl.pwhash
 import pytest
+from nacl.signing import SigningKey
 
 from ledger import signing
-from wallet_sdk import KeystoreError, WalletKeys
-from wallet_sdk.keys import KEYSTORE_FORMAT, KEYSTORE_VERSION, Keystore, wallet_id_int
+from wallet_sdk import KeystoreError, Money, WalletKeys
+from wallet_sdk.keys import (
+    KEYSTORE_FORMAT,
+    KEYSTORE_VERSION,
+    PAYMENT_CODE_TTL_MAX_S,
+    Keystore,
+    wallet_id_int,
+)
 
 FAST = {  # the cheapest argon2id libsodium allows: the format, not the cost, is under test
     "opslimit": nacl.pwhash.argon2id.OPSLIMIT_MIN,
@@ -93,6 +101,72 @@ def test_request_signatures_verify_and_are_never_reused() -> None:
 
 
 # --- keystore -------------------------------------------------------------------------------------
+
+
+# --- payment codes (customer-presented mode) ------------------------------------------------
+
+KNOWN_SEED = bytes(range(32))
+KNOWN_CODE = (  # seed 00..1f, key_version 3, code id 2**127 + 5, payer 42, ¥12.34, 1.7e12 ms
+    "gAAAAAAAAAAAAAAAAAAABQAAAAAAAAAAAAAAAAAAACoAAAAAAAAE0kNOWQAAAYvP5WgAAANbDsR0EekW"
+    "gbG8m05WabO6Z6cGaeO5IOd16fxaZWE-QI_LbAzs379SOBhqprMq6MBrS03bqdjGSs8Ds1KFwVsC"
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ledgers(key: SigningKey, version: int, code_id: int, payer: int, fen: int, exp: int) -> str:
+    return signing.sign_payment_code(key, version, code_id, payer, fen, "CNY", exp).encode()
+
+
+def test_payment_code_bytes_are_the_ledgers_known_answer() -> None:
+    key = SigningKey(KNOWN_SEED)
+    args = (key, 3, (1 << 127) | 5, 42, 1_234, 1_700_000_000_000)
+    assert _ledgers(*args) == KNOWN_CODE  # a fixed vector: the format never drifts
+    assert len(KNOWN_CODE) == 156
+
+
+def test_payment_code_is_what_the_ledger_decodes_and_verifies() -> None:
+    keys = WalletKeys(uuid.uuid4(), SigningKey.generate(), key_version=2)
+    before_ms = now_ms()
+    text = keys.payment_code(Money.yuan("88.00"), ttl_s=90)
+    code = signing.PaymentCode.decode(text)
+    assert (code.payer, code.max_amount, code.currency, code.key_version) == (
+        keys.wallet_id_int, 8_800, "CNY", 2,
+    )  # fmt: skip
+    assert before_ms + 90_000 <= code.expires_at_ms <= now_ms() + 90_000
+    signing.verify(keys.public_key, code.message(), code.signature)
+    assert code.encode() == text  # byte-identical, both ways
+    assert _ledgers(keys.signing_key, 2, code.code_id, code.payer, 8_800, code.expires_at_ms) == (
+        text
+    )
+
+
+def test_every_payment_code_has_a_fresh_random_code_id() -> None:
+    keys = WalletKeys.generate()
+    ids = {signing.PaymentCode.decode(keys.payment_code(100)).code_id for _ in range(50)}
+    assert len(ids) == 50
+    assert all(uuid.UUID(int=i).version == 4 for i in ids)  # random, not time-ordered
+
+
+def test_payment_code_refuses_bad_amounts_and_lifetimes() -> None:
+    keys = WalletKeys.generate()
+    with pytest.raises(TypeError, match="float"):
+        keys.payment_code(12.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        keys.payment_code(0)
+    with pytest.raises(ValueError, match="at most"):
+        keys.payment_code(1 << 64)
+    for ttl_s in (0, -1, PAYMENT_CODE_TTL_MAX_S + 1):
+        with pytest.raises(ValueError, match=f"ttl_s is 1..{PAYMENT_CODE_TTL_MAX_S} seconds"):
+            keys.payment_code(100, ttl_s=ttl_s)
+    with pytest.raises(TypeError, match="ttl_s"):
+        keys.payment_code(100, ttl_s=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ttl_s"):
+        keys.payment_code(100, ttl_s=True)
+    for ttl_s in (1, PAYMENT_CODE_TTL_MAX_S):
+        assert signing.PaymentCode.decode(keys.payment_code(Money(1), ttl_s=ttl_s))
 
 
 @pytest.fixture

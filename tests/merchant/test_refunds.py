@@ -1,0 +1,125 @@
+"""Refunds through the HTTP API, on SQLite and PostgreSQL: partial and several, never more than
+was paid (also under concurrent requests), idempotent on out_refund_no, and what happens when the
+payer's wallet cannot hold the money back."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from tests.merchant.conftest import Pilot, Shop, W
+from tests.merchant.test_orders import error
+
+
+def paid_order(pilot: Pilot, shop: Shop, payer: W, amount: int) -> dict[str, Any]:
+    order = pilot.order(shop, amount)
+    answer = pilot.pay_order(payer, order).json()
+    assert answer["result"] == "ok", answer
+    return order
+
+
+def refund(pilot: Pilot, shop: Shop, order: dict[str, Any], amount: int, no: str) -> Any:
+    body = {"payment_order": order["id"], "amount": amount, "out_refund_no": no, "reason": "cold"}
+    return pilot.post("/v1/refunds", body, shop.test, status=None)
+
+
+def test_partial_refunds_up_to_the_amount_paid(pilot: Pilot) -> None:
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+    order = paid_order(pilot, shop, shopper, 1_000)
+    first = refund(pilot, shop, order, 300, "R-1")
+    assert first.status_code == 201, first.text
+    assert (first.json()["status"], first.json()["failure_code"]) == ("succeeded", None)
+    assert refund(pilot, shop, order, 700, "R-2").json()["status"] == "succeeded"
+    over = refund(pilot, shop, order, 1, "R-3")
+    assert error(over, 422) == "amount_exceeds_refundable"
+    assert pilot.balance(shopper.id) == 10_000
+    assert pilot.balance(shop.wallet) == 0
+    view = pilot.get(f"/v1/payment_orders/{order['id']}", shop.test)
+    assert view["amount_refunded"] == 1_000 and view["status"] == "succeeded"
+    listed = pilot.get(f"/v1/refunds?payment_order={order['id']}", shop.test)["data"]
+    assert [(r["out_refund_no"], r["amount"]) for r in listed] == [("R-1", 300), ("R-2", 700)]
+    one = pilot.get(f"/v1/refunds/{first.json()['id']}", shop.test)
+    assert one == first.json()
+
+
+def test_out_refund_no_is_idempotent_and_conflicts_on_other_parameters(pilot: Pilot) -> None:
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+    order = paid_order(pilot, shop, shopper, 1_000)
+    first = refund(pilot, shop, order, 400, "R-1").json()
+    again = refund(pilot, shop, order, 400, "R-1")
+    assert again.json()["id"] == first["id"]
+    assert pilot.balance(shopper.id) == 10_000 - 600  # refunded once
+    assert error(refund(pilot, shop, order, 500, "R-1"), 409) == "out_refund_no_conflict"
+
+
+def test_an_unpaid_order_cannot_be_refunded(pilot: Pilot) -> None:
+    shop = pilot.merchant()
+    order = pilot.order(shop, 1_000)
+    assert error(refund(pilot, shop, order, 100, "R-1"), 409) == "order_not_paid"
+
+
+def test_concurrent_refunds_never_exceed_the_amount_paid(pilot: Pilot) -> None:
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+    order = paid_order(pilot, shop, shopper, 1_000)
+    barrier = threading.Barrier(5)
+    answers: list[Any] = []
+
+    def go(i: int) -> None:
+        barrier.wait()
+        answers.append(refund(pilot, shop, order, 400, f"C-{i}"))
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    succeeded = [a for a in answers if a.status_code == 201 and a.json()["status"] == "succeeded"]
+    assert len(succeeded) == 2  # 2 × 400 ≤ 1,000 < 3 × 400
+    for a in answers:
+        if a not in succeeded:  # refused before the ledger, or by its allowance account
+            assert a.status_code == 422 or a.json()["failure_code"] == "amount_exceeds_refundable"
+    assert pilot.balance(shopper.id) == 10_000 - 1_000 + 800
+    view = pilot.get(f"/v1/payment_orders/{order['id']}", shop.test)
+    assert view["amount_refunded"] == 800
+
+
+def test_a_refund_over_the_payers_cap_is_swept_to_the_linked_bank(pilot: Pilot) -> None:
+    shop = pilot.merchant()
+    cap = 1_000_000  # class 4: ¥10,000
+    shopper = pilot.wallet(4, bank=100_000, top_up=cap)
+    order = paid_order(pilot, shop, shopper, 100_000)
+    assert pilot.top_up(shopper, 100_000) == "ok"  # back at the cap
+    before = bank_balance(pilot, shopper)
+    done = refund(pilot, shop, order, 60_000, "R-1")
+    assert done.json()["status"] == "succeeded"
+    assert pilot.balance(shopper.id) == cap  # the excess went on to the bank account
+    assert bank_balance(pilot, shopper) == before + 60_000
+
+
+def bank_balance(pilot: Pilot, w: W) -> int:
+    balances = pilot.get(f"/v1/accounts/{w.bank}", pilot.op)["balances"]
+    return int(balances["credits_posted"] - balances["debits_posted"])
+
+
+def test_a_refund_over_the_cap_without_a_bank_fails_with_a_reason(pilot: Pilot) -> None:
+    shop = pilot.merchant()
+    cap = 1_000_000
+    donor = pilot.wallet(2, top_up=2_000_000)
+    shopper = pilot.wallet(4, bank=None)
+    assert pilot.transfer(donor, shopper.id, 300_000) == "ok"
+    order = paid_order(pilot, shop, shopper, 100_000)
+    assert pilot.transfer(donor, shopper.id, cap - 200_000) == "ok"  # exactly at the cap
+    failed = refund(pilot, shop, order, 1, "R-1")
+    assert failed.status_code == 201
+    assert (failed.json()["status"], failed.json()["failure_code"]) == (
+        "failed",
+        "exceeds_balance_cap",
+    )
+    assert pilot.balance(shopper.id) == cap and pilot.balance(shop.wallet) == 100_000
+    view = pilot.get(f"/v1/payment_orders/{order['id']}", shop.test)
+    assert view["amount_refunded"] == 0
+    assert pilot.transfer(shopper, donor.id, 50_000) == "ok"  # room again: a new refund works
+    assert refund(pilot, shop, order, 1, "R-2").json()["status"] == "succeeded"
