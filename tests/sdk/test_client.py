@@ -629,18 +629,28 @@ def test_client_errors_are_not_retried(
 
 
 @pytest.mark.parametrize(
-    ("status", "error"),
-    [(409, InvalidRequestError), (429, RateLimitError), (500, APIInternalError),
-     (502, APIInternalError), (503, LedgerUnavailableError)],
+    ("status", "code", "error"),
+    [(409, "idempotency_key_in_progress", InvalidRequestError), (429, "busy", RateLimitError),
+     (500, "busy", APIInternalError), (502, "busy", APIInternalError),
+     (503, "busy", LedgerUnavailableError)],
 )  # fmt: skip
 def test_retryable_statuses_are_retried_then_raised_typed(
-    no_sleep: list[float], status: int, error: type[APIError]
+    no_sleep: list[float], status: int, code: str, error: type[APIError]
 ) -> None:
-    script = Script(*[_error(status, "busy") for _ in range(3)])
+    script = Script(*[_error(status, code) for _ in range(3)])
     with pytest.raises(error) as raised:
         script.client(max_retries=2).top_up(WALLET, 100)
     assert len(script.requests) == 3 and len(set(script.keys())) == 1 and len(no_sleep) == 2
     assert raised.value.http_status == status
+
+
+def test_a_conflict_is_not_retried(no_sleep: list[float]) -> None:
+    """Only "the same request is still running" may change on a retry; a conflict will not."""
+    script = Script(_error(409, "order_already_paid"))
+    with pytest.raises(InvalidRequestError) as raised:
+        script.client(max_retries=2).top_up(WALLET, 100)
+    assert len(script.requests) == 1 and no_sleep == []
+    assert raised.value.code == "order_already_paid"
 
 
 def test_no_answer_at_all_is_an_api_connection_error(no_sleep: list[float]) -> None:
