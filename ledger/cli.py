@@ -1,4 +1,4 @@
-"""The ``ledger`` command: serve, verify, bench, keys."""
+"""The ``ledger`` command: serve, verify, demo, bench, keys."""
 
 from __future__ import annotations
 
@@ -71,14 +71,37 @@ def serve(
 
 
 @app.command()
-def verify(database: DatabaseOpt = None) -> None:
+def verify(
+    database: DatabaseOpt = None,
+    statement: Annotated[
+        Path | None,
+        typer.Option(
+            "--statement",
+            help="Check a merchant's daily statement file instead: its sha256, the ledger's "
+            "signature, and every row, total and balance against the journal.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            help="With --statement: the ledger public key you trust (base64, as GET "
+            "/v1/public_key serves it). Default: the key the database names."
+        ),
+    ] = None,
+) -> None:
     """Recompute the Merkle tree and every balance from the journal; check every signature.
 
-    Exits 1 naming the first entry, checkpoint, tile or account that does not match."""
+    Exits 1 naming the first entry, checkpoint, tile or account that does not match (with
+    --statement: the first thing in the statement that does not)."""
     from ledger.store.database import make_engine
     from ledger.verify import verify as run_verify
 
     settings = Settings.from_env(database)
+    if statement is not None:
+        _verify_statement(settings.database_url, statement, public_key)
+        return
     engine = make_engine(settings.database_url)
     with Progress(
         TextColumn("verifying"),
@@ -103,6 +126,61 @@ def verify(database: DatabaseOpt = None) -> None:
         f"pending {report.totals[0]} = {report.totals[2]}); e-CNY in circulation "
         f"{report.circulation_fen} = issued {report.issued_fen} - redeemed {report.redeemed_fen}"
     )
+
+
+def _verify_statement(url: str, path: Path, public_key: str | None) -> None:
+    import base64
+    import binascii
+
+    from rich.markup import escape
+
+    from ledger.store.database import make_engine
+    from merchant_api.statements import StatementMismatch, verify_file  # composed like `serve`
+
+    try:
+        key = base64.b64decode(public_key, validate=True) if public_key else None
+    except (binascii.Error, ValueError):
+        err.print("[red]error[/] --public-key is not base64")
+        raise typer.Exit(2) from None
+    engine = make_engine(url)
+    try:
+        checked = verify_file(engine, path.read_bytes().decode("utf-8"), key)
+    except (StatementMismatch, UnicodeDecodeError) as exc:
+        err.print(f"[red]FAIL[/] {escape(str(path))}: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    print(
+        f"OK statement of {checked.merchant} for {checked.day} "
+        f"({'complete' if checked.complete else 'partial'}): signed by the ledger, sha256 "
+        f"{checked.sha256}; {checked.rows} rows, totals and balances match the journal at tree "
+        f"size {checked.tree_size}"
+    )
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Where the fresh ledger goes. Default: a new temporary one."),
+    ] = None,
+) -> None:
+    """Play a small pilot day on a fresh embedded ledger, over real HTTP, and summarise it:
+    issuance, wallets, QR and payment-code payments, refunds, webhooks, a settlement,
+    statements, and `ledger verify`."""
+    import tempfile
+
+    from ledger.demo import run, summary
+
+    target = directory or Path(tempfile.mkdtemp(prefix="ledger-demo-"))
+    try:
+        result = run(target, lambda line: err.print(f"  {line}"))
+    except FileExistsError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    typer.echo(summary(result))
+    if not result["verify"].ok or any(not s["check"] for s in result["statements"]):
+        raise typer.Exit(1)
 
 
 @app.command()

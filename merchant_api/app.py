@@ -11,8 +11,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ledger.api.errors import APIError, error_response
+from merchant_api import settlements, webhooks
 from merchant_api.keys import KeyChecker
 from merchant_api.routes import merchants, payment_orders, refunds
+from merchant_api.routes import settlements as settlement_routes
+from merchant_api.routes import statements as statement_routes
+from merchant_api.routes import webhooks as webhook_routes
 from merchant_api.service import MerchantError, MerchantService
 
 MIGRATIONS: Final = Path(__file__).parent / "migrations" / "versions"
@@ -33,6 +37,9 @@ def install(app: FastAPI, service: MerchantService) -> None:
 
     for module in (merchants, payment_orders, refunds):
         app.include_router(module.router)
+    app.include_router(webhook_routes.router)
+    app.include_router(statement_routes.router)
+    app.include_router(settlement_routes.router)
 
 
 class Workers:
@@ -52,7 +59,18 @@ class Workers:
         self._thread.join(10)
 
     def run_once(self) -> None:
-        self.service.expire_due()
+        try:
+            self.service.expire_due()
+        except Exception:
+            log.exception("expiring orders failed; retrying")
+        try:
+            webhooks.run_once(self.service)  # each step on its own: one failing spares the rest
+        except Exception:
+            log.exception("delivering webhooks failed; retrying")
+        try:
+            settlements.settle_due(self.service)  # daily merchants, once per CST day
+        except Exception:
+            log.exception("daily settlement failed; retrying")
 
     def _loop(self) -> None:
         while not self._stop.wait(WORK_INTERVAL_S):

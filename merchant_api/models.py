@@ -4,7 +4,8 @@
 Orders and refunds are rows of their own; what happens to them (paid, cancelled, expired,
 refunded, failed) is decided in the ledger's writer and recorded here by *transition* rows that
 the committer inserts in the same transaction as the ledger change, together with the webhook
-event (the transactional outbox). Transition and event rows are only ever inserted.
+event (the transactional outbox). Transition and event rows are only ever inserted (an event's
+one exception: its ``fanned_out`` marker, set once by the webhook worker).
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ class RefundTransition(SQLModel, table=True):
 
 
 class WebhookEndpoint(SQLModel, table=True):
+    """Where a merchant wants events (one mode). ``previous_secret`` still signs, next to
+    ``secret``, until ``previous_until_ms`` (a rotation's overlap)."""
+
     __tablename__ = "webhook_endpoints"
     id: str = Field(sa_column=Column(String(32), primary_key=True))
     merchant_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
@@ -103,6 +107,7 @@ class WebhookEndpoint(SQLModel, table=True):
     previous_secret: str | None = Field(default=None, sa_column=Column(String(128)))
     previous_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     enabled_events: str = Field(sa_column=Column(Text, nullable=False))
+    description: str = Field(sa_column=Column(String(200), nullable=False))
     status: str = Field(sa_column=Column(String(16), nullable=False))
     disabled_reason: str | None = Field(default=None, sa_column=Column(String(200)))
     created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -110,10 +115,14 @@ class WebhookEndpoint(SQLModel, table=True):
 
 class WebhookEvent(SQLModel, table=True):
     """The outbox: events inserted with the ledger change they report (or directly, for events
-    that are not about money), delivered at least once by the webhook worker."""
+    that are not about money), delivered at least once by the webhook worker. Only
+    ``fanned_out`` ever changes (0 -> 1, once, when the worker made the event's deliveries)."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("webhook_events_list", "merchant_id", "livemode", "created_at_ms"),)
+    __table_args__ = (
+        Index("webhook_events_list", "merchant_id", "livemode", "created_at_ms"),
+        Index("webhook_events_fan_out", "fanned_out"),
+    )
     id: str = Field(sa_column=Column(String(40), primary_key=True))
     merchant_id: str = Field(sa_column=Column(String(32), nullable=False))
     livemode: int = Field(sa_column=Column(SmallInteger, nullable=False))
@@ -122,17 +131,27 @@ class WebhookEvent(SQLModel, table=True):
     object_version: int = Field(sa_column=Column(Integer, nullable=False))
     payload: str = Field(sa_column=Column(Text, nullable=False))
     created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    fanned_out: int = Field(
+        default=0, sa_column=Column(SmallInteger, nullable=False, server_default="0")
+    )
 
 
 class WebhookDelivery(SQLModel, table=True):
+    """One event to one endpoint: ``pending`` (due at ``next_attempt_ms``), ``delivered``,
+    ``failed`` (schedule exhausted, or 410) or ``canceled`` (the endpoint was disabled)."""
+
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("webhook_deliveries_due", "state", "next_attempt_ms"),)
+    __table_args__ = (
+        Index("webhook_deliveries_due", "state", "next_attempt_ms"),
+        Index("webhook_deliveries_endpoint", "endpoint_id", "state"),
+    )
     event_id: str = Field(sa_column=Column(String(40), primary_key=True))
     endpoint_id: str = Field(sa_column=Column(String(32), primary_key=True))
     state: str = Field(sa_column=Column(String(16), nullable=False))
     attempts: int = Field(sa_column=Column(Integer, nullable=False))
     next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     delivered_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    last_attempt_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     last_status: int | None = Field(default=None, sa_column=Column(Integer))
     last_error: str | None = Field(default=None, sa_column=Column(String(500)))
 
@@ -146,4 +165,25 @@ class IdempotencyRecord(SQLModel, table=True):
     state: str = Field(sa_column=Column(String(16), nullable=False))
     status_code: int | None = Field(default=None, sa_column=Column(Integer))
     body: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Settlement(SQLModel, table=True):
+    """A merchant's e-CNY redeemed to its linked bank account at its operator (by hand, or by
+    the daily schedule). Inserted with the ledger change, like a transition: its outcome
+    (``succeeded``, or ``failed`` with the ledger's code) is final. ``id`` is the transfer id of
+    the redemption's e-CNY leg; ``day`` the China Standard Time day (days since 1970-01-01,
+    UTC+8) on which it was made."""
+
+    __tablename__ = "settlements"
+    __table_args__ = (Index("settlements_list", "merchant_id", "livemode", "created_at_ms"),)
+    id: bytes = Field(sa_column=Column(LargeBinary(16), primary_key=True))
+    merchant_id: str = Field(sa_column=Column(String(32), nullable=False))
+    livemode: int = Field(sa_column=Column(SmallInteger, nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    failure_code: str | None = Field(default=None, sa_column=Column(String(64)))
+    trigger: str = Field(sa_column=Column(String(16), nullable=False))
+    day: int = Field(sa_column=Column(Integer, nullable=False))
+    bank_account: bytes = Field(sa_column=Column(LargeBinary(16), nullable=False))
     created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

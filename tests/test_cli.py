@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,19 @@ def test_keys_create_prints_a_working_key_once(tmp_path: Path) -> None:
     assert again.returncode == 1
     bad = ledger_cli("keys", "create", "--operator", "x", "--role", "auditor", "--database", url)
     assert bad.returncode == 2 and "unknown role" in bad.stderr
+
+
+def test_demo_plays_a_pilot_day_and_everything_checks_out(tmp_path: Path) -> None:
+    done = ledger_cli("demo", "--dir", str(tmp_path / "day"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "12 by QR code + 6 by payment code" in out
+    assert "refunds     2," in out
+    delivered = re.search(r"webhooks +(\d+) of (\d+) events delivered, 0 bad signatures", out)
+    assert delivered is not None and delivered[1] == delivered[2] and int(delivered[1]) >= 20
+    assert out.count("(checked against the journal)") == 2
+    assert re.search(r"verify +ok: \d+ entries", out), out
+    statement = re.search(r"--statement (\S+\.csv)", out)
+    assert statement is not None and Path(statement[1]).is_file()
+    again = ledger_cli("demo", "--dir", str(tmp_path / "day"))  # never over an existing ledger
+    assert again.returncode != 0 and "fresh ledger" in again.stdout + again.stderr

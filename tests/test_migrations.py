@@ -25,7 +25,7 @@ def test_migrations_match_the_models(database_url: str) -> None:
         ledger_head = ScriptDirectory.from_config(config).get_current_head()
         with engine.connect() as conn:
             heads = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
-        assert heads <= {ledger_head, "m001"} and "m001" in heads
+        assert heads <= {ledger_head, "m002"} and "m002" in heads
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
         assert diff == [], diff

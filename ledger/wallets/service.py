@@ -293,6 +293,7 @@ class Wallets:
             payment.id, payment.payer, wallet.float_account, payment.amount, CNY,
             codes.REDEEM_ECNY, TransferFlags.LINKED, authorization=payment.authorization(),
         )  # fmt: skip
+        ecny_leg.attachments = payment.attachments
         bank_leg = Transfer(
             leg_id(payment.id, 11), wallet.settlement_account, wallet.linked_bank,
             payment.amount, CNY, codes.REDEEM_BANK,

@@ -130,12 +130,16 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_ms", sa.BigInteger(), nullable=False),
         sa.Column("delivered_at_ms", sa.BigInteger(), nullable=True),
+        sa.Column("last_attempt_ms", sa.BigInteger(), nullable=True),
         sa.Column("last_status", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.String(length=500), nullable=True),
         sa.PrimaryKeyConstraint("event_id", "endpoint_id"),
     )
     op.create_index(
         "webhook_deliveries_due", "webhook_deliveries", ["state", "next_attempt_ms"], unique=False
+    )
+    op.create_index(
+        "webhook_deliveries_endpoint", "webhook_deliveries", ["endpoint_id", "state"], unique=False
     )
     op.create_table(
         "webhook_endpoints",
@@ -147,6 +151,7 @@ def upgrade() -> None:
         sa.Column("previous_secret", sa.String(length=128), nullable=True),
         sa.Column("previous_until_ms", sa.BigInteger(), nullable=True),
         sa.Column("enabled_events", sa.Text(), nullable=False),
+        sa.Column("description", sa.String(length=200), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("disabled_reason", sa.String(length=200), nullable=True),
         sa.Column("created_at_ms", sa.BigInteger(), nullable=False),
@@ -165,8 +170,10 @@ def upgrade() -> None:
         sa.Column("object_version", sa.Integer(), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
         sa.Column("created_at_ms", sa.BigInteger(), nullable=False),
+        sa.Column("fanned_out", sa.SmallInteger(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_index("webhook_events_fan_out", "webhook_events", ["fanned_out"], unique=False)
     op.create_index(
         "webhook_events_list",
         "webhook_events",
