@@ -1,4 +1,4 @@
-"""The ``ledger`` command: serve, verify, demo, bench, keys."""
+"""The ``ledger`` command: serve, verify, audit-load, demo, bench, crash-test, keys."""
 
 from __future__ import annotations
 
@@ -180,6 +180,48 @@ def demo(
         raise typer.Exit(2) from None
     typer.echo(summary(result))
     if not result["verify"].ok or any(not s["check"] for s in result["statements"]):
+        raise typer.Exit(1)
+
+
+@app.command("audit-load")
+def audit_load(
+    record: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Record files, or directories of *.ids files, written by the load clients "
+            "(lines '<ack|rej|unk> <transfer id>').",
+            exists=True,
+        ),
+    ],
+    database: DatabaseOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """After a load or crash run: every acknowledged transfer id is in the journal exactly
+    once, no rejected one is, no unanswered one is there twice, and `ledger verify` passes.
+
+    Exits 1 naming what does not hold."""
+    from ledger.audit import RecordError, audit, read_record
+    from ledger.store.database import make_engine
+
+    try:
+        records = read_record(record)
+    except RecordError as exc:
+        err.print(f"[red]error[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    engine = make_engine(Settings.from_env(database).database_url)
+    try:
+        with Progress(
+            TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("entries", total=None)
+            report = audit(
+                engine, records, lambda done, total: bar.update(task, completed=done, total=total)
+            )
+    finally:
+        engine.dispose()
+    print(json.dumps(report.as_dict()) if json_out else report.summary())
+    if not report.ok:
         raise typer.Exit(1)
 
 

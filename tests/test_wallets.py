@@ -673,3 +673,51 @@ def test_closing_a_sub_wallet_answers_with_the_returning_transfer(world: World) 
     assert item["id"] == close_id and item["result"] == "ok" and item["seq"] is not None
     home = world.api.get(f"/v1/transfers/{close_id}", headers=world.op).json()
     assert home["amount"] == 800 and home["credit_account_id"] == parent.id
+
+
+def test_wallets_open_in_bulk_each_answered_on_its_own(world: World) -> None:
+    keys = [SigningKey.generate() for _ in range(50)]
+    bodies: list[dict[str, Any]] = [
+        {
+            "id": new_uuid(),
+            "class": 4,
+            "public_key": b64(bytes(k.verify_key)),
+            "kyc": {"phone": f"+86138{i:08d}"},
+        }
+        for i, k in enumerate(keys)
+    ]
+    existing = world.wallet()
+    taken = dict(bodies[0], id=existing.id)  # someone else's id with another key
+    answer = world.post("/v1/wallets/batch", {"wallets": [*bodies, taken]}, world.op)
+    results = [r["result"] for r in answer["results"]]
+    assert results == ["ok"] * 50 + ["wallet_exists"]
+    opened = W(bodies[7]["id"], keys[7])
+    assert world.wallet_view(opened)["public_key"] == bodies[7]["public_key"]
+    response, _ = world.signed_get(opened, f"/v1/wallets/{opened.id}")
+    assert response.status_code == 200  # the key works for signed reads
+    reveal = world.api.post(
+        f"/v1/wallets/{opened.id}/reveal",
+        json={"legal_basis": "court order 2026-17", "requester": "auditor"},
+        headers=world.op,
+    )
+    assert reveal.status_code == 200 and reveal.json()["owner"]["phone"] == "+8613800000007"
+    again = world.post("/v1/wallets/batch", {"wallets": bodies[:3]}, world.op)
+    assert [r["replayed"] for r in again["results"]] == [True, True, True]
+
+
+def test_a_bulk_open_with_one_bad_wallet_opens_none(world: World) -> None:
+    key = b64(bytes(SigningKey.generate().verify_key))
+    good = {"id": new_uuid(), "class": 4, "public_key": key, "kyc": {"phone": "+8613800000001"}}
+    bad = dict(good, id=new_uuid(), **{"class": 2})  # class 2 needs ID, name and a bank account
+    response = world.api.post("/v1/wallets/batch", json={"wallets": [good, bad]}, headers=world.op)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "kyc_incomplete" and error["param"].startswith("wallets[1].kyc.")
+    assert world.api.get(f"/v1/wallets/{good['id']}", headers=world.op).status_code == 404
+    too_many = {"wallets": [dict(good, id=new_uuid()) for _ in range(1001)]}
+    response = world.api.post("/v1/wallets/batch", json=too_many, headers=world.op)
+    assert response.status_code == 422
+    twice = world.api.post("/v1/wallets/batch", json={"wallets": [good, good]}, headers=world.op)
+    assert twice.status_code == 422 and twice.json()["error"]["code"] == "duplicate_id"
+    response = world.api.post("/v1/wallets/batch", json={"wallets": [good]}, headers=world.cb)
+    assert response.status_code == 403

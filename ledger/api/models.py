@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -293,6 +293,13 @@ class WalletCreate(_Strict):
     kyc: Kyc
     linked_bank_account: Id128 | None = None
     reverse_waterfall: bool = False
+
+
+WALLET_BATCH_MAX: Final = 1000
+
+
+class WalletBatch(_Strict):
+    wallets: list[WalletCreate] = Field(min_length=1, max_length=WALLET_BATCH_MAX)
 
 
 class WalletClassChange(_Strict):

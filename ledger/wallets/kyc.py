@@ -58,28 +58,34 @@ class KycStore:
 
     def put(self, wallet_id: int, operator: str, data: dict[str, str]) -> None:
         """Store (or replace, e.g. after more KYC on an upgrade) a wallet's owner details."""
-        unknown = set(data) - set(KYC_FIELDS)
-        if unknown:
-            raise KycError(f"unknown KYC fields {sorted(unknown)}")
-        nonce = os.urandom(12)
-        sealed = self._aead.encrypt(
-            nonce, json.dumps(data, sort_keys=True).encode(), self._aad(wallet_id, operator)
-        )
+        self.put_many([(wallet_id, operator, data)])
+
+    def put_many(self, records: list[tuple[int, str, dict[str, str]]]) -> None:
+        """Store several wallets' details (wallet id, operator, fields) in one transaction."""
+        for _, _, data in records:
+            unknown = set(data) - set(KYC_FIELDS)
+            if unknown:
+                raise KycError(f"unknown KYC fields {sorted(unknown)}")
         now = time.time_ns()
         with Session(self.engine) as session:
-            row = session.get(KycRecordRow, id_bytes(wallet_id))
-            if row is None:
-                row = KycRecordRow(
-                    wallet_id=id_bytes(wallet_id),
-                    operator=operator,
-                    nonce=nonce,
-                    ciphertext=sealed,
-                    created_at=now,
-                    updated_at=now,
+            for wallet_id, operator, data in records:
+                nonce = os.urandom(12)
+                sealed = self._aead.encrypt(
+                    nonce, json.dumps(data, sort_keys=True).encode(), self._aad(wallet_id, operator)
                 )
-            else:
-                row.nonce, row.ciphertext, row.updated_at = nonce, sealed, now
-            session.add(row)
+                row = session.get(KycRecordRow, id_bytes(wallet_id))
+                if row is None:
+                    row = KycRecordRow(
+                        wallet_id=id_bytes(wallet_id),
+                        operator=operator,
+                        nonce=nonce,
+                        ciphertext=sealed,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                else:
+                    row.nonce, row.ciphertext, row.updated_at = nonce, sealed, now
+                session.add(row)
             session.commit()
 
     def get(self, wallet_id: int) -> dict[str, str] | None:

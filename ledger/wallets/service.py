@@ -228,6 +228,25 @@ class Wallets:
     ) -> Submitted:
         """Open a personal or merchant wallet. KYC goes to the operator's encrypted store (after
         the wallet exists); the journal gets only the pseudonymous wallet id."""
+        item = self.wallet_to_open(
+            operator, wallet_id, kind=kind, klass=klass, public_key=public_key, kyc=kyc,
+            linked_bank=linked_bank, reverse_waterfall=reverse_waterfall,
+        )  # fmt: skip
+        return self.open_wallets(operator, [item])
+
+    def wallet_to_open(
+        self,
+        operator: str,
+        wallet_id: int,
+        *,
+        kind: str,
+        klass: int,
+        public_key: bytes,
+        kyc: dict[str, str],
+        linked_bank: int = 0,
+        reverse_waterfall: bool = False,
+    ) -> OpenWallet:
+        """Check one wallet's request (raises ``WalletError``) and build what the writer opens."""
         check_kyc(klass, kyc, linked_bank)
         if reverse_waterfall and not linked_bank:
             raise WalletError("linked_bank_required", "reverse waterfall needs a bank account")
@@ -238,7 +257,11 @@ class Wallets:
             wallet_id, operator, kind, klass, public_key, ids.float, ids.settlement, linked_bank,
             reverse_waterfall,
         )  # fmt: skip
-        return self._submit(OP_OPEN_WALLETS, [OpenWallet(account, wallet)], operator)
+        return OpenWallet(account, wallet)
+
+    def open_wallets(self, operator: str, items: list[OpenWallet]) -> Submitted:
+        """Open checked wallets in one writer batch, each answered on its own."""
+        return self._submit(OP_OPEN_WALLETS, items, operator)
 
     def open_sub_wallet(
         self,

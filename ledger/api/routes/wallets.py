@@ -18,6 +18,7 @@ from ledger.api.models import (
     SignedPaymentIn,
     SubWalletClose,
     SubWalletCreate,
+    WalletBatch,
     WalletClassChange,
     WalletCreate,
     WalletKeyRotation,
@@ -77,6 +78,47 @@ async def create_wallet(body: WalletCreate, access: AccessDep, request: Request)
     result = await submitted.wait()
     if result.codes[0] == 0 and (0 not in result.replayed or wallets.kyc.get(body.id) is None):
         wallets.kyc.put(body.id, principal.operator, kyc)  # a retry completes a lost write
+    return JSONResponse(item_results(submitted.items, result))
+
+
+@router.post("/batch", response_model=BatchResults)
+async def create_wallets(body: WalletBatch, access: AccessDep, request: Request) -> Any:
+    """Open up to 1000 wallets in one request (onboarding in bulk), each answered on its own as
+    in ``POST /v1/wallets``. A request with any invalid wallet is refused whole (422, ``param``
+    names it) before anything is opened."""
+    principal = require_operator(access)
+    if principal.is_central_bank:
+        raise APIError(403, "permission_denied", "wallets are opened by operators")
+    wallets = _wallets(request)
+    items = []
+    for i, w in enumerate(body.wallets):
+        try:
+            items.append(
+                wallets.wallet_to_open(
+                    principal.operator,
+                    w.id,
+                    kind=w.kind,
+                    klass=w.wallet_class,
+                    public_key=w.public_key,
+                    kyc=w.kyc.fields(),
+                    linked_bank=w.linked_bank_account or 0,
+                    reverse_waterfall=w.reverse_waterfall,
+                )
+            )
+        except WalletError as exc:
+            param = f"wallets[{i}]" + (f".{exc.param}" if exc.param else "")
+            raise APIError(422, exc.code, f"wallets[{i}]: {exc}", param) from None
+    if len({w.id for w in body.wallets}) != len(body.wallets):
+        raise APIError(422, "duplicate_id", "each wallet in a batch needs its own id", "wallets")
+    submitted = wallets.open_wallets(principal.operator, items)
+    result = await submitted.wait()
+    wallets.kyc.put_many(
+        [
+            (w.id, principal.operator, w.kyc.fields())
+            for i, w in enumerate(body.wallets)
+            if result.codes[i] == 0 and (i not in result.replayed or wallets.kyc.get(w.id) is None)
+        ]
+    )
     return JSONResponse(item_results(submitted.items, result))
 
 
