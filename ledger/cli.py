@@ -249,6 +249,48 @@ def bench(
             print(f"{key:32} {value}")
 
 
+@app.command("crash-test")
+def crash_test(
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="SQLAlchemy URL of a FRESH ledger (it gets test payments). "
+            "Default: SQLite in the work directory.",
+        ),
+    ] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Key, server logs and crash.ids go here. Default: a new temporary one."
+        ),
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Kill/restart rounds.")] = 10,
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent paying clients.")] = 4,
+    seed: Annotated[
+        int | None, typer.Option(help="Fixes delays, kill modes, batches. Default: random.")
+    ] = None,
+    verify_every: Annotated[
+        int,
+        typer.Option(
+            "--verify-every",
+            min=1,
+            help="Full `ledger verify` replay every N rounds (and at the end).",
+        ),
+    ] = 1,
+) -> None:
+    """SIGKILL a real `ledger serve` at random moments while clients pay, restart it, and check
+    after each round: nothing acknowledged lost, nothing applied twice (unanswered batches are
+    retried with the same ids), the same Merkle log continued, balances equal a journal replay.
+
+    Exits 1 naming what does not hold."""
+    from ledger.crash import cli_main
+
+    code = cli_main(database, directory, rounds, clients, seed, verify_every)
+    if code:
+        raise typer.Exit(code)
+
+
 @keys_app.command("create")
 def keys_create(
     operator: Annotated[str, typer.Option(help="The operator this key acts for.")],

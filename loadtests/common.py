@@ -20,7 +20,6 @@ profile is an ordinary locustfile: ``locust -f loadtests/pilot.py --host http://
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -40,31 +39,16 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
 
 from loadtests.seed import Seed, cache_path, load_cached, seed
+from loadtests.shapes import SHAPES, multiplier
 
 log = logging.getLogger("loadtests")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per seeding call is noise
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
-SHAPES: Final[dict[str, tuple[tuple[float, float], ...]]] = {
-    # (fraction of --shape-seconds, multiple of --base-users); straight lines between points
-    "steady": ((0.0, 1.0), (1.0, 1.0)),
-    "lunch_peak": ((0.0, 1.0), (0.2, 1.0), (0.45, 5.0), (0.6, 5.0), (0.85, 1.0), (1.0, 1.0)),
-    "double11": ((0.0, 1.0), (0.4, 1.0), (0.42, 20.0), (0.52, 20.0), (0.54, 1.0), (1.0, 1.0)),
-}
 SLO_P99_MS: Final = 500.0
 SLO_FAILURE_RATIO: Final = 0.01
 ORDERS_WAITING_MAX: Final = 10_000
 """Orders the merchants created, waiting for a shopper to scan them (per load process)."""
-
-
-def multiplier(shape: str, fraction: float) -> float:
-    """How many times ``--base-users`` the shape asks for at ``fraction`` of its length."""
-    points = SHAPES[shape]
-    fraction = min(max(fraction, 0.0), 1.0)
-    for (x0, y0), (x1, y1) in itertools.pairwise(points):
-        if x0 <= fraction <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (fraction - x0) / (x1 - x0)
-    return points[-1][1]
 
 
 class PilotShape(LoadTestShape):
@@ -195,7 +179,8 @@ def _init(environment: Environment, **_: Any) -> None:
 
 @events.test_start.add_listener
 def _test_start(environment: Environment, **_: Any) -> None:
-    if is_worker(environment):
+    if is_worker(environment):  # the master's options have arrived with the spawn message
+        STATE.record_dir = report_dir(environment) / "record"
         return
     assert STATE.record_dir is not None
     STATE.record_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +274,8 @@ def _quitting(environment: Environment, **_: Any) -> None:
         summary["audit"] = _audit(options.ledger_database)
         if not summary["audit"]["ok"]:
             breaches.append("audit failed")
+        if summary["audit"]["acknowledged"] == 0:
+            breaches.append("no acknowledged transfer ids were recorded: nothing to audit")
     summary["ok"] = not breaches
     out = report_dir(environment)
     out.mkdir(parents=True, exist_ok=True)

@@ -186,9 +186,11 @@ def _make(
     funding = shoppers * FUND_FEN * 4  # this run and a few refills
     op_key = str(api.call("POST", "/v1/api_keys", {"operator": operator})["key"])
     api.call("POST", "/v1/operators", {"operator": operator})
-    api.call("POST", f"/v1/operators/{operator}/reserve_deposits", {"id": _id(), "amount": funding})
-    api.call("POST", "/v1/issuances", {"id": _id(), "operator": operator, "amount": funding})
-    say(f"seed: operator {operator} holds ¥{funding // 100:,} of e-CNY")
+    float_fen = 2 * funding  # half for the seed wallet, half for the operators' top-ups
+    reserves = {"id": _id(), "amount": float_fen}
+    api.call("POST", f"/v1/operators/{operator}/reserve_deposits", reserves)
+    api.call("POST", "/v1/issuances", {"id": _id(), "operator": operator, "amount": float_fen})
+    say(f"seed: operator {operator} holds ¥{float_fen // 100:,} of e-CNY")
 
     seed_keys = WalletKeys.generate()
     bank = _bank_account(api, op_key, funding)

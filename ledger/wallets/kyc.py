@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from ledger.journal import id_bytes
+from ledger.store.database import for_writes
 from ledger.store.schema import KycRecordRow
 
 KEY_BYTES = 32
@@ -67,7 +68,7 @@ class KycStore:
             if unknown:
                 raise KycError(f"unknown KYC fields {sorted(unknown)}")
         now = time.time_ns()
-        with Session(self.engine) as session:
+        with Session(for_writes(self.engine)) as session:  # reads, then writes
             for wallet_id, operator, data in records:
                 nonce = os.urandom(12)
                 sealed = self._aead.encrypt(

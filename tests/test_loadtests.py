@@ -1,0 +1,259 @@
+"""The locust profiles, run for real: a real `ledger serve`, real locust processes (alone and one
+master with two workers), the reports they write, the SLO gate's exit code, and the audit of
+every acknowledged transfer id against the journal (in the profile and as `ledger audit-load`).
+
+Runs are short (seconds); the README gives the long ones."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from loadtests.shapes import SHAPES, multiplier
+from tests.test_server import Server, free_port
+
+LOCUST_TIMEOUT_S = 180
+PROFILES = Path(__file__).resolve().parent.parent / "loadtests"
+
+
+def test_shapes_scale_the_base_users() -> None:
+    assert {multiplier("steady", f / 10) for f in range(11)} == {1.0}
+    lunch = [multiplier("lunch_peak", f / 100) for f in range(101)]
+    assert lunch[0] == lunch[-1] == 1.0 and max(lunch) == 5.0
+    assert lunch.index(5.0) > 20 and all(a <= b for a, b in itertools.pairwise(lunch[:46]))
+    d11 = [multiplier("double11", f / 100) for f in range(101)]
+    assert d11[0] == d11[-1] == 1.0 and max(d11) == 20.0
+    assert sum(m == 20.0 for m in d11) <= 15, "a short burst, not a plateau"
+    assert set(SHAPES) == {"steady", "lunch_peak", "double11"}
+
+
+def locust(
+    server: Server, out: Path, *args: str, profile: str = "pilot", cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(PROFILES / f"{profile}.py"),
+        "--host",
+        server.base,
+        "--cb-key",
+        server.admin_file.read_text().strip(),
+        "--ledger-database",
+        server.url,
+        "--report-dir",
+        str(out),
+        "--shoppers",
+        "60",
+        "--merchants",
+        "3",
+        *args,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=LOCUST_TIMEOUT_S, cwd=cwd
+    )
+
+
+def summary(out: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((out / "summary.json").read_text())
+    return data
+
+
+def test_pilot_profile_meets_its_slo_and_every_acknowledged_id_is_in_the_journal(
+    database_url: str, tmp_path: Path
+) -> None:
+    server = Server(database_url, tmp_path)
+    server.start()
+    try:
+        out = tmp_path / "steady"
+        run = locust(
+            server, out, "--headless", "--base-users", "8", "--shape-seconds", "12", cwd=tmp_path
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        result = summary(out)
+        assert result["ok"] is True and result["slo_breaches"] == []
+        audit = result["audit"]
+        assert isinstance(audit, dict)
+        assert audit["ok"] is True and audit["verify"] == "ok"
+        assert audit["acknowledged"] > 10 and audit["problem_count"] == 0
+        for report in ("stats_stats.csv", "stats_stats_history.csv", "report.html"):
+            assert (out / report).stat().st_size > 0, report
+        with (out / "stats_stats.csv").open() as f:
+            names = {row["Name"] for row in csv.DictReader(f)}
+        assert "/v1/payment_orders/[id]/pay" in names and "/v1/payments" in names
+        assert "seed: made" in run.stderr
+
+        audit_load = [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "audit-load",
+            str(out / "record"),
+            "--database",
+            database_url,
+        ]
+        again = subprocess.run(audit_load, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith(f"OK audit of {audit['acknowledged']} acknowledged")
+        lost = str(uuid.uuid4())  # an id the server "acknowledged" that the journal lacks
+        (out / "record" / "planted.ids").write_text(f"ack {lost}\n")
+        caught = subprocess.run(audit_load, capture_output=True, text=True, timeout=120)
+        assert caught.returncode == 1 and f"acknowledged {lost} is in the journal 0 times" in (
+            caught.stdout
+        )
+
+        # the second run reuses the cached seed; an impossible p99 bound fails the gate, and
+        # the lunch peak takes the users to five times the base and back
+        out2 = tmp_path / "peak"
+        run = locust(
+            server,
+            out2,
+            "--headless",
+            "--base-users",
+            "2",
+            "--shape-seconds",
+            "10",
+            "--shape",
+            "lunch_peak",
+            "--slo-p99-ms",
+            "0.001",
+            cwd=tmp_path,
+        )
+        assert run.returncode == 1, run.stderr[-3000:]
+        assert "seed: reusing" in run.stderr
+        result = summary(out2)
+        assert result["ok"] is False and any("p99" in b for b in result["slo_breaches"])  # type: ignore[attr-defined]
+        with (out2 / "stats_stats_history.csv").open() as f:
+            users = [int(row["User Count"]) for row in csv.DictReader(f)]
+        assert max(users) == 10 and users[-1] < 10
+    finally:
+        server.stop()
+
+
+def test_a_headless_run_without_a_database_to_audit_refuses_to_start(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(PROFILES / "pilot.py"),
+        "--headless",
+        "--host",
+        "http://127.0.0.1:9",
+        "--report-dir",
+        str(tmp_path / "r"),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode != 0 and "--ledger-database" in run.stderr
+
+
+def test_distributed_master_and_two_workers(tmp_path: Path) -> None:
+    server = Server(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path)
+    server.start()
+    port = free_port()
+    out = tmp_path / "distributed"
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        # seed ahead, as one would before starting workers on other machines
+        seeded = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loadtests.seed",
+                "--host",
+                server.base,
+                "--cb-key",
+                server.admin_file.read_text().strip(),
+                "--shoppers",
+                "60",
+                "--merchants",
+                "3",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert seeded.returncode == 0, seeded.stderr
+        worker = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(PROFILES / "checkout.py"),
+            "--worker",
+            "--master-host",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+        ]
+        workers = [
+            subprocess.Popen(
+                worker, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        run = locust(
+            server,
+            out,
+            "--headless",
+            "--master",
+            "--master-bind-host",
+            "127.0.0.1",
+            "--master-bind-port",
+            str(port),
+            "--expect-workers",
+            "2",
+            "--base-users",
+            "6",
+            "--shape-seconds",
+            "10",
+            profile="checkout",
+            cwd=tmp_path,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        result = summary(out)
+        assert result["distributed"] is True and result["ok"] is True
+        audit = result["audit"]
+        assert isinstance(audit, dict) and audit["ok"] is True and audit["acknowledged"] > 10
+        records = list((out / "record").glob("*.ids"))
+        assert len(records) == 2, "each worker records what it was answered"
+        assert all(r.stat().st_size > 0 for r in records)
+    finally:
+        for w in workers:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        server.stop()
+
+
+@pytest.mark.parametrize("bad", ["ack not-a-uuid", "maybe 0190f0a2-7c1e-7b3a-9d2e-1f2a3b4c5d6e"])
+def test_audit_load_refuses_a_malformed_record(tmp_path: Path, bad: str) -> None:
+    record = tmp_path / "bad.ids"
+    record.write_text(f"{bad}\n")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "audit-load",
+            str(record),
+            "--database",
+            f"sqlite:///{tmp_path / 'none.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "bad.ids:1" in run.stderr
