@@ -40,6 +40,7 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
 
 from loadtests.seed import Seed, cache_path, load_cached, seed
 from loadtests.shapes import SHAPES, multiplier
+from wallet_sdk import WalletKeys
 
 log = logging.getLogger("loadtests")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per seeding call is noise
@@ -135,6 +136,7 @@ class _Process:
     def __init__(self) -> None:
         self.seed: Seed | None = None
         self.seed_error: str | None = None
+        self.shopper_keys: list[WalletKeys] = []
         self.lock = Semaphore()
         self.orders: deque[dict[str, Any]] = deque(maxlen=ORDERS_WAITING_MAX)
         self.record: TextIO | None = None
@@ -219,6 +221,14 @@ def seed_for(environment: Environment) -> Seed:
                 raise SystemExit("seeding needs the central-bank key: --cb-key or LEDGER_CB_KEY")
             STATE.seed = seed(host, options.cb_key, options.shoppers, options.merchants, log.info)
         return STATE.seed
+
+
+def shopper_keys(made: Seed) -> list[WalletKeys]:
+    """The shoppers' keys, one object per wallet in this process (each keeps its own signed
+    requests' timestamps increasing, which the server's replay check needs)."""
+    if not STATE.shopper_keys:
+        STATE.shopper_keys = made.shopper_keys()
+    return STATE.shopper_keys
 
 
 # --- the record of transfer ids (see ledger.audit) --------------------------------------------

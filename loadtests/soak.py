@@ -1,0 +1,128 @@
+"""A soak run: a fresh ``ledger serve`` under the pilot profile's steady traffic for minutes,
+with the server's resident memory (the API process and its committer, from ``/proc``) sampled
+every few seconds. It reports the memory after warm-up, at the end and at its peak, and whether
+it stayed flat (the end within 20 % of the warm-up figure), then the profile's own SLO and audit
+verdicts.
+
+    python -m loadtests.soak --minutes 10 --base-users 40 --out reports/soak
+
+Linux only (it reads ``/proc``). Exits 1 when memory grew by more than 20 % or the profile
+failed its gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+from ledger.crash import ServeProcess
+
+FLAT_WITHIN: Final = 0.20
+SAMPLE_S: Final = 5.0
+WARM_UP_S: Final = 60.0
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants (the committer), in bytes."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except FileNotFoundError:
+            continue
+        total += sum(
+            int(x.split()[1]) * 1024 for x in status.splitlines() if x.startswith("VmRSS:")
+        )
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--base-users", type=int, default=40)
+    parser.add_argument("--database", default="", help="Default: SQLite in --out.")
+    parser.add_argument("--out", type=Path, default=None, help="Default: a temporary folder.")
+    args = parser.parse_args(argv)
+    out: Path = args.out or Path(tempfile.mkdtemp(prefix="ledger-soak-"))
+    out.mkdir(parents=True, exist_ok=True)
+    database = args.database or f"sqlite:///{out / 'ledger.db'}"
+    server = ServeProcess(database, out)
+    server.start()
+    assert server.proc is not None
+    seconds = args.minutes * 60
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(Path(__file__).with_name("pilot.py")),
+        "--host",
+        server.base,
+        "--headless",
+        "--shape",
+        "steady",
+        "--base-users",
+        str(args.base_users),
+        "--shape-seconds",
+        str(seconds),
+        "--cb-key",
+        server.admin_file.read_text().strip(),
+        "--ledger-database",
+        database,
+        "--report-dir",
+        str(out / "locust"),
+    ]
+    samples: list[tuple[float, int]] = []
+    started = time.monotonic()
+    try:
+        with open(out / "locust.log", "w") as log:
+            load = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=out)
+            while load.poll() is None:
+                samples.append((time.monotonic() - started, rss_bytes(server.proc.pid)))
+                time.sleep(SAMPLE_S)
+    finally:
+        server.stop()
+    warm = [rss for t, rss in samples if t >= WARM_UP_S] or [rss for _, rss in samples]
+    first, last, peak = warm[0], warm[-1], max(rss for _, rss in samples)
+    growth = (last - first) / first
+    summary_file = out / "locust" / "summary.json"
+    profile = json.loads(summary_file.read_text()) if summary_file.exists() else {"ok": False}
+    result = {
+        "minutes": args.minutes,
+        "base_users": args.base_users,
+        "database": database.split(":")[0],
+        "rss_after_warm_up_mib": round(first / 2**20, 1),
+        "rss_end_mib": round(last / 2**20, 1),
+        "rss_peak_mib": round(peak / 2**20, 1),
+        "growth": round(growth, 4),
+        "flat": abs(growth) <= FLAT_WITHIN,
+        "samples": len(samples),
+        "profile_ok": profile.get("ok"),
+        "requests_per_s": profile.get("requests_per_s"),
+        "p99_ms": profile.get("p99_ms"),
+        "failure_ratio": profile.get("failure_ratio"),
+        "acknowledged": profile.get("audit", {}).get("acknowledged"),
+    }
+    (out / "soak.json").write_text(json.dumps({**result, "rss": samples}, indent=1) + "\n")
+    print(json.dumps(result))
+    return 0 if result["flat"] and result["profile_ok"] else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
