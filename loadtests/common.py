@@ -57,7 +57,7 @@ class PilotShape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         assert self.runner is not None
-        options = self.runner.environment.parsed_options
+        options = options_of(self.runner.environment)
         run_time = self.get_run_time()
         if run_time >= options.shape_seconds:
             return None
@@ -147,12 +147,17 @@ class _Process:
 STATE = _Process()
 
 
+def options_of(environment: Environment) -> Any:
+    assert environment.parsed_options is not None, "run under locust's command line"
+    return environment.parsed_options
+
+
 def is_worker(environment: Environment) -> bool:
     return isinstance(environment.runner, WorkerRunner)
 
 
 def report_dir(environment: Environment) -> Path:
-    return Path(environment.parsed_options.report_dir)
+    return Path(options_of(environment).report_dir)
 
 
 @events.init.add_listener
@@ -209,7 +214,7 @@ def seed_for(environment: Environment) -> Seed:
             return STATE.seed
         if STATE.seed_error is not None:
             raise StopUser()
-        options = environment.parsed_options
+        options = options_of(environment)
         host = environment.host or options.host
         if is_worker(environment):
             import httpx

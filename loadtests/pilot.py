@@ -62,7 +62,7 @@ class LedgerUser(FastHttpUser):
         ok: tuple[int, ...] = (200, 201),
     ) -> dict[str, Any] | None:
         """One request; the JSON answer, or None (marked failed) when it is not ``ok``."""
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else json.dumps(body)
         hdrs = {"Content-Type": "application/json", **(headers or {})} if data else headers
         with self.client.request(
             method, path, name=name, data=data, headers=hdrs, catch_response=True
@@ -103,7 +103,7 @@ class LedgerUser(FastHttpUser):
             with self.client.post(
                 path,
                 name=name,
-                data=json.dumps(body).encode(),
+                data=json.dumps(body),
                 catch_response=True,
                 headers={"Content-Type": "application/json", **(headers or {})},
             ) as response:
@@ -147,6 +147,7 @@ class ShopperUser(LedgerUser):
     def pay_qr(self) -> None:
         """Scan a waiting order's QR code (or have the till print one) and pay it."""
         keys = self.phone()
+        order: dict[str, Any] | None
         try:
             order = common.STATE.orders.popleft()
         except IndexError:
@@ -327,7 +328,7 @@ class OperatorUser(LedgerUser):
             is None
         ):
             return
-        deposit = {"id": new_id(), "amount": 1_000_000}
+        deposit: dict[str, Any] = {"id": new_id(), "amount": 1_000_000}
         self.transfer(
             f"/v1/bank_accounts/{bank}/deposits",
             "/v1/bank_accounts/[id]/deposits",
@@ -358,7 +359,7 @@ class OperatorUser(LedgerUser):
         if not self.wallets:
             return self.open_wallet()
         wallet = random.choice(self.wallets)
-        body = {"id": new_id(), "amount": random.randint(1000, 50_000)}
+        body: dict[str, Any] = {"id": new_id(), "amount": random.randint(1000, 50_000)}
         if (
             self.transfer(
                 f"/v1/wallets/{wallet[0].wallet_id}/top_ups",

@@ -105,7 +105,9 @@ def cache_path(host: str, public_key: str, directory: Path = CACHE_DIR) -> Path:
     return directory / f"{digest}.json"
 
 
-def signed_payment(keys: WalletKeys, payee: str, amount: int, expires_in_s: int = 300) -> dict:
+def signed_payment(
+    keys: WalletKeys, payee: str, amount: int, expires_in_s: int = 300
+) -> dict[str, Any]:
     """The body of one signed payment (as ``POST /v1/payments`` takes it)."""
     import base64
 
@@ -219,7 +221,7 @@ def _make(
     keys = [WalletKeys.generate() for _ in range(shoppers)]
     for start in range(0, shoppers, BATCH):
         chunk = keys[start : start + BATCH]
-        body = {
+        body: dict[str, Any] = {
             "wallets": [
                 {
                     "id": k.wallet_id,

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from ledger.crash import ServeProcess
 
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     first, last, peak = warm[0], warm[-1], max(rss for _, rss in samples)
     growth = (last - first) / first
     summary_file = out / "locust" / "summary.json"
-    profile = json.loads(summary_file.read_text()) if summary_file.exists() else {"ok": False}
+    profile: dict[str, Any] = (
+        json.loads(summary_file.read_text()) if summary_file.exists() else {"ok": False}
+    )
     result = {
         "minutes": args.minutes,
         "base_users": args.base_users,
