@@ -315,7 +315,11 @@ def _account_row(a: Account) -> tuple:
 
 def _attachments(out: Outcome) -> list[tuple[str, tuple[str, ...], tuple]]:
     """Rows to insert with this batch: those of accepted transfers and tombstones ("ok"), and
-    those of recorded rejections ("rejected"). A replay is neither, so it inserts nothing."""
+    those of recorded rejections ("rejected"). A replay is neither, so it inserts nothing.
+
+    The transfers let go of their attachments once they are rows: the engine keeps recent
+    transfers in memory long after, and the attachments (events with whole objects in them)
+    would make that cache many times larger."""
     rows = []
     for kind, obj, _ in out.entries:
         if kind == KIND_TRANSFER:
@@ -323,12 +327,14 @@ def _attachments(out: Outcome) -> list[tuple[str, tuple[str, ...], tuple]]:
             if t.attachments:
                 rows += [(a.table, a.columns, _with_result(a.values, 0))
                          for a in t.attachments if a.when == "ok"]  # fmt: skip
+                t.attachments = None
     for t in out.rejected:
         if t.attachments:
             when = "ok" if t.result == TOMBSTONE_RESULT else "rejected"
             code = 0 if when == "ok" else t.result
             rows += [(a.table, a.columns, _with_result(a.values, code))
                      for a in t.attachments if a.when == when]  # fmt: skip
+            t.attachments = None
     for table, columns, _ in rows:
         assert all(_IDENTIFIER.fullmatch(n) for n in (table, *columns)), "bad attachment name"
     return rows

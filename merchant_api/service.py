@@ -156,14 +156,19 @@ class MerchantService:
         key = SigningKey.generate()
         wallet_id = uuid.uuid4().int
         try:
-            opened = self.wallets.open_wallet(
+            opened = self.wallets.open_wallets(
                 operator,
-                wallet_id,
-                kind="merchant",
-                klass=wallet_class,
-                public_key=bytes(key.verify_key),
-                kyc=kyc,
-                linked_bank=linked_bank,
+                [
+                    self.wallets.wallet_to_open(
+                        operator,
+                        wallet_id,
+                        kind="merchant",
+                        klass=wallet_class,
+                        public_key=bytes(key.verify_key),
+                        kyc=kyc,
+                        linked_bank=linked_bank,
+                    )
+                ],
             ).result()
         except WalletError as exc:
             raise MerchantError(422, exc.code, str(exc), exc.param) from None

@@ -15,12 +15,12 @@ from ledger.store.queries import AccountView, Reader
 _bearer = HTTPBearer(auto_error=False, description="A central-bank or operator API key.")
 
 
-def get_ledger(request: Request) -> LedgerService:
+async def get_ledger(request: Request) -> LedgerService:
     ledger: LedgerService = request.app.state.ledger
     return ledger
 
 
-def get_reader(request: Request) -> Reader:
+async def get_reader(request: Request) -> Reader:
     reader: Reader = request.app.state.reader
     return reader
 

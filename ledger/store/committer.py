@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from ledger.journal import BatchRows
-from ledger.store.database import make_engine, migrate
+from ledger.store.database import SQLITE_WRITER_CACHE_KIB, make_engine, migrate
 from ledger.store.writer import LedgerLockedError, Store, WriterLock
 
 log = logging.getLogger("ledger.committer")
@@ -119,7 +119,7 @@ class Committer:
 
 def _main(url: str, conn: Connection, extra_migrations: Sequence[str] = ()) -> None:
     """The committer process: lock, migrate, then commit batches until told to stop."""
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_cache_kib=SQLITE_WRITER_CACHE_KIB)
     try:
         lock = WriterLock.acquire(url, engine)
     except LedgerLockedError as exc:

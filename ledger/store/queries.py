@@ -21,6 +21,9 @@ from ledger.journal import BALANCES, TILE_WIDTH, id_bytes, tile_node_reader
 from ledger.store.writer import last_checkpoint
 
 TILE_CACHE_MAX: Final = 4096
+NODE_CACHE_MAX: Final = 32768
+"""Complete-subtree hashes computed from tiles (about 200 bytes each with the key): a receipt's
+proof shares most of its nodes with the receipts before it, so each is hashed once."""
 """Complete tiles kept in memory per process (8 KiB each: 32 MiB at most)."""
 
 
@@ -73,6 +76,8 @@ class Reader:
         self.origin = origin
         self._tiles: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._tiles_lock = threading.Lock()
+        self._nodes: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._from_tiles = tile_node_reader(self._tile)
 
     def _one(self, sql: str, **params: Any) -> Any:
         with self.engine.connect() as conn:
@@ -246,11 +251,27 @@ class Reader:
                     self._tiles.popitem(last=False)
         return data
 
+    def _node(self, level: int, index: int) -> bytes:
+        """A complete subtree's hash (it never changes once the subtree is complete, and the
+        proof builders ask only for complete ones)."""
+        key = (level, index)
+        with self._tiles_lock:
+            cached = self._nodes.get(key)
+            if cached is not None:
+                self._nodes.move_to_end(key)
+                return cached
+        value = self._from_tiles(level, index)
+        with self._tiles_lock:
+            self._nodes[key] = value
+            if len(self._nodes) > NODE_CACHE_MAX:
+                self._nodes.popitem(last=False)
+        return value
+
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        return merkle.inclusion_proof_from_nodes(index, size, tile_node_reader(self._tile))
+        return merkle.inclusion_proof_from_nodes(index, size, self._node)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
-        return merkle.consistency_proof_from_nodes(old_size, new_size, tile_node_reader(self._tile))
+        return merkle.consistency_proof_from_nodes(old_size, new_size, self._node)
 
     def root_at(self, size: int) -> bytes:
-        return merkle.root_from_nodes(size, tile_node_reader(self._tile))
+        return merkle.root_from_nodes(size, self._node)

@@ -214,26 +214,6 @@ class Wallets:
 
     # -- wallets -----------------------------------------------------------------------------------
 
-    def open_wallet(
-        self,
-        operator: str,
-        wallet_id: int,
-        *,
-        kind: str,
-        klass: int,
-        public_key: bytes,
-        kyc: dict[str, str],
-        linked_bank: int = 0,
-        reverse_waterfall: bool = False,
-    ) -> Submitted:
-        """Open a personal or merchant wallet. KYC goes to the operator's encrypted store (after
-        the wallet exists); the journal gets only the pseudonymous wallet id."""
-        item = self.wallet_to_open(
-            operator, wallet_id, kind=kind, klass=klass, public_key=public_key, kyc=kyc,
-            linked_bank=linked_bank, reverse_waterfall=reverse_waterfall,
-        )  # fmt: skip
-        return self.open_wallets(operator, [item])
-
     def wallet_to_open(
         self,
         operator: str,
@@ -246,7 +226,9 @@ class Wallets:
         linked_bank: int = 0,
         reverse_waterfall: bool = False,
     ) -> OpenWallet:
-        """Check one wallet's request (raises ``WalletError``) and build what the writer opens."""
+        """Check one personal or merchant wallet's request (raises ``WalletError``) and build
+        what ``open_wallets`` hands the writer. KYC goes to the operator's encrypted store (after
+        the wallet exists); the journal gets only the pseudonymous wallet id."""
         check_kyc(klass, kyc, linked_bank)
         if reverse_waterfall and not linked_bank:
             raise WalletError("linked_bank_required", "reverse waterfall needs a bank account")

@@ -56,10 +56,10 @@ class Pilot:
             assert self.wallets.cash_deposit(op, new_id(), bank, 10**9).result().codes == [0]
             key, wallet_id = SigningKey.generate(), new_id()
             linked = bank if i != 3 else 0
-            opened = self.wallets.open_wallet(
+            opened = self.wallets.open_wallets(op, [self.wallets.wallet_to_open(
                 op, wallet_id, kind="personal", klass=4, public_key=bytes(key.verify_key),
                 kyc={"phone": "1"}, linked_bank=linked, reverse_waterfall=(i == 2),
-            )  # fmt: skip
+            )])  # fmt: skip
             assert opened.result().codes == [0]
             self.keys.append(key)
             self.ids.append(wallet_id)

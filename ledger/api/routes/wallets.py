@@ -68,11 +68,11 @@ async def create_wallet(body: WalletCreate, access: AccessDep, request: Request)
     wallets = _wallets(request)
     kyc = body.kyc.fields()
     try:
-        submitted = wallets.open_wallet(
+        submitted = wallets.open_wallets(principal.operator, [wallets.wallet_to_open(
             principal.operator, body.id, kind=body.kind, klass=body.wallet_class,
             public_key=body.public_key, kyc=kyc, linked_bank=body.linked_bank_account or 0,
             reverse_waterfall=body.reverse_waterfall,
-        )  # fmt: skip
+        )])  # fmt: skip
     except WalletError as exc:
         raise _refuse(exc) from None
     result = await submitted.wait()
