@@ -1,0 +1,821 @@
+"""End-to-end HTTP benchmark (issue #5): the framework's ceiling against signed payments.
+
+One run measures, with ``wrk`` as the load generator (pre-made request bodies, a LuaJIT script
+in ``loadtests/wrk/payments.lua``, so the generator does no signing and no JSON work while it
+runs):
+
+1. **trivial**: ``loadtests.trivial_app``, a FastAPI endpoint that parses a payment-sized body
+   into the ledger's own ``SignedPaymentIn`` model and answers a small JSON object (no signature
+   check, no journal, no database): the ceiling of FastAPI + uvicorn on this machine. The same
+   body is sent again and again.
+2. **single**: a real ``ledger serve`` on a fresh database, ``POST /v1/payments``, one signed
+   payment per request: the payer's Ed25519 signature is checked, the payment goes through the
+   sequencer and the engine, is journaled (canonical entry, Merkle tree, signed checkpoint) and
+   committed before the answer, which carries the payment's receipt (inclusion proof).
+3. **batch**: the same server, ``POST /v1/payments/batch`` with 100 and 1,000 signed payments
+   per request, on 4 connections (``--batch-connections``): a few batches in flight fill the
+   sequencer's batches; more connections only queue longer.
+
+2 and 3 run on SQLite and then on PostgreSQL (a fresh database on the ``--postgres`` server,
+dropped at the end; ``--postgres ''`` skips it).
+
+**What counts.** Every signed payment is made (and signed) before its wrk run, each with its own
+id, and sent exactly once: a replayed payment would be answered from memory, cheaply, and would
+inflate the figure. The script counts per answer (per item for batches) ``ok`` (accepted, not a
+replay), ``replayed`` and ``refused``, and the non-200 answers. After the run the ledger's
+signed checkpoint (``GET /v1/checkpoints/latest``) gives how many entries were committed. The
+published figure, **accepted payments/s**, is ``min(ok answers, committed entries) / duration``:
+wrk stops at the deadline with requests in flight, which the server still commits after it, so
+the committed count alone would flatter the figure by up to one batch per connection; the
+answers alone would trust the script's text matching. ``requests/s`` is wrk's completed
+requests over the same duration; p50 and p99 are wrk's per-request latencies (for batches, of
+the whole request).
+
+**Server set-up.** Both servers run exactly as ``ledger serve`` runs the ledger
+(``uvicorn.run(app, host, port, log_level="warning")``): one process, ``loop`` and ``http`` on
+``auto`` (uvloop and httptools, which are installed). One worker is not a tuning choice for the
+ledger: it is one writer per ledger (the sequencer and its writer lock live in the serving
+process), so more uvicorn workers would be more ledgers. The trivial app gets the same set-up
+so that the ratio compares like with like.
+
+**The machine.** wrk (2 threads) runs on the same 2 cores as the server (and, for the ledger,
+its committer process and the database): the figures include the generator's share of the
+CPU. Other work on the machine at the same time makes them noisy; ``--runs N`` reports medians.
+
+Run::
+
+    python -m loadtests.http_bench [--json] [--duration S] [--connections N]
+        [--batch-connections N] [--postgres URL|''] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import httpx
+
+DEFAULT_POSTGRES: Final = os.environ.get(
+    "LEDGER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+LUA_SCRIPT: Final = Path(__file__).resolve().parent / "wrk" / "payments.lua"
+WRK_MARK: Final = "HTTP_BENCH_JSON "
+OK_MARK: Final = '"result":"ok","replayed":false'
+"""How an accepted, first-time payment reads in the server's answer (the Lua script counts it)."""
+WRK_THREADS: Final = 2
+WRK_TIMEOUT: Final = "30s"
+"""wrk's per-request timeout: long enough that a slow batch is measured, not dropped."""
+CONNECTIONS: Final = 32
+BATCH_CONNECTIONS: Final = 4
+"""Batches fill the sequencer's batch on few connections; more only add queueing (measured:
+4, 8 and 16 gave the same payments/s, with p50 growing with the connections)."""
+BATCH_SIZES: Final = (100, 1000)
+DURATION_S: Final = 10
+PAYERS: Final = 64
+PAYEES: Final = 16
+PAYMENT_FEN: Final = 1
+FUND_FEN: Final = 10_000_000
+"""Each payer wallet starts with ¥100,000.00: millions of 1-fen payments."""
+SIGN_MARGIN: Final = 1.5
+"""Bodies signed per run: the expected rate × duration × this margin."""
+BATCH_RATE_GUESS: Final = 30_000.0
+"""Payments/s assumed for the first batch run (1.5 × the SQLite target; × ``SIGN_MARGIN``)."""
+EXPIRES_IN_MS: Final = 3_600_000
+SERVE_TIMEOUT_S: Final = 90.0
+SETTLE_S: Final = 0.5
+"""The tree is taken as settled when its size has not changed for this long."""
+INLINE_SIGN_MAX: Final = 4_000
+"""Fewer payments than this are signed in this process; more, in a pool of two."""
+
+TARGET_SINGLE_RATIO: Final = 0.6
+TARGET_P99_MS: Final = 50.0
+TARGET_BATCH_TPS: Final = {"sqlite": 20_000.0, "postgres": 12_000.0}
+
+Kind = Literal["trivial", "single", "batch"]
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+# --- wrk --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What the Lua ``done()`` printed: counts over all threads, latencies in milliseconds."""
+
+    requests: int
+    duration_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    ok: int
+    replayed: int
+    refused: int
+    non200: int
+    exhausted_threads: int
+    sent: int
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def socket_errors(self) -> int:
+        return sum(v for k, v in self.errors.items() if k != "status")
+
+
+def parse_wrk_output(stdout: str) -> WrkResult:
+    """The ``HTTP_BENCH_JSON {...}`` line of a wrk run with ``payments.lua``."""
+    for line in stdout.splitlines():
+        if line.startswith(WRK_MARK):
+            data = json.loads(line[len(WRK_MARK) :])
+            break
+    else:
+        raise BenchError(f"wrk printed no {WRK_MARK.strip()} line:\n{stdout[-2000:]}")
+    lat = data["latency_us"]
+    return WrkResult(
+        requests=int(data["requests"]),
+        duration_s=data["duration_us"] / 1e6,
+        p50_ms=lat["p50"] / 1000,
+        p90_ms=lat["p90"] / 1000,
+        p99_ms=lat["p99"] / 1000,
+        max_ms=lat["max"] / 1000,
+        mean_ms=lat["mean"] / 1000,
+        ok=int(data["ok"]),
+        replayed=int(data["replayed"]),
+        refused=int(data["refused"]),
+        non200=int(data["non200"]),
+        exhausted_threads=int(data["exhausted_threads"]),
+        sent=int(data["sent"]),
+        errors={k: int(v) for k, v in data["errors"].items()},
+    )
+
+
+def wrk_path() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
+    return found
+
+
+def write_bodies(prefix: Path, bodies: Sequence[str], threads: int = WRK_THREADS) -> None:
+    """One file per wrk thread (``prefix.0``, ``prefix.1``...), bodies dealt round-robin so the
+    threads send them in about the order they were made (time-ordered ids)."""
+    for t in range(threads):
+        with open(f"{prefix}.{t}", "w") as f:
+            for body in bodies[t::threads]:
+                f.write(body)
+                f.write("\n")
+
+
+def run_wrk(
+    url: str,
+    prefix: Path,
+    mode: Kind,
+    connections: int,
+    duration_s: int,
+    threads: int = WRK_THREADS,
+) -> WrkResult:
+    """Run wrk against ``url`` with the bodies at ``prefix`` and return what it measured."""
+    command = [
+        wrk_path(), "-t", str(threads), "-c", str(max(connections, threads)),
+        "-d", f"{duration_s}s", "--timeout", WRK_TIMEOUT, "-s", str(LUA_SCRIPT),
+        url, "--", str(prefix), mode,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration_s + 120, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"wrk exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return parse_wrk_output(done.stdout)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{base}: the server exited ({proc.returncode}):\n{log.read_text()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    _stop(proc)
+    raise BenchError(f"{base}: no answer in {timeout_s:.0f} s:\n{log.read_text()}")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM (uvicorn shuts down, the ledger's committer finishes and exits), then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def trivial_server(workdir: Path) -> Iterator[str]:
+    """``loadtests.trivial_app`` under uvicorn on a free port; yields its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = workdir / "trivial.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.trivial_app", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_healthy(proc, base, log, SERVE_TIMEOUT_S)
+        yield base
+    finally:
+        _stop(proc)
+
+
+@dataclass
+class LedgerServer:
+    """A real ``ledger serve`` (``python -m ledger.cli serve``) on ``url``, its signing key,
+    first central-bank key and log in ``workdir``."""
+
+    url: str
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "serve.log"
+
+    @property
+    def cb_key(self) -> str:
+        return (self.workdir / "admin.key").read_text().strip()
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "ledger.cli", "serve", "--database", self.url,
+            "--key-file", str(self.workdir / "ledger.key"), "--port", str(self.port),
+            "--admin-key-file", str(self.workdir / "admin.key"),
+        ]  # fmt: skip
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        _wait_healthy(self.proc, self.base, self.log_path, SERVE_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@contextlib.contextmanager
+def ledger_server(url: str, workdir: Path) -> Iterator[LedgerServer]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = LedgerServer(url, workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def postgres_database(server_url: str) -> Iterator[str]:
+    """A fresh database ``bench_http_<random>`` on ``server_url``, dropped afterwards."""
+    from sqlalchemy.engine import make_url
+
+    from ledger.store.database import create_postgres_database, drop_postgres_database
+
+    name = f"bench_http_{uuid.uuid4().hex[:12]}"
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    create_postgres_database(url)
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+# --- seeding, over HTTP -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """Class-1 payer wallets (id, Ed25519 seed as hex), funded; class-1 payee wallets."""
+
+    payers: list[tuple[str, str]]
+    payees: list[str]
+
+
+def _call(http: httpx.Client, path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
+    response = http.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+    if response.status_code not in (200, 201):
+        raise BenchError(f"POST {path}: {response.status_code} {response.text[:500]}")
+    answer: dict[str, Any] = response.json()
+    refused = [r for r in answer.get("results", []) if r.get("result") != "ok"]
+    if refused:
+        raise BenchError(f"POST {path}: {len(refused)} refused, e.g. {refused[0]}")
+    return answer
+
+
+def seed_ledger(
+    base: str,
+    cb_key: str,
+    payers: int = PAYERS,
+    payees: int = PAYEES,
+    fund_fen: int = FUND_FEN,
+) -> Seeded:
+    """Everything the payments need, made over HTTP as a pilot's set-up would be: an operator
+    (its API key, authorisation, reserves, e-CNY issued to it), a bank account with a deposit,
+    ``payers`` class-1 wallets (no limits) topped up with ``fund_fen`` each, and ``payees``
+    class-1 wallets (no balance cap to refuse incoming payments)."""
+    from nacl.signing import SigningKey
+
+    operator = f"bench_{uuid.uuid4().hex[:8]}"
+    total = payers * fund_fen
+    with httpx.Client(base_url=base, timeout=60) as http:
+        op_key = str(_call(http, "/v1/api_keys", {"operator": operator}, cb_key)["key"])
+        _call(http, "/v1/operators", {"operator": operator}, cb_key)
+        money = {"id": str(uuid.uuid4()), "amount": total}
+        _call(http, f"/v1/operators/{operator}/reserve_deposits", money, cb_key)
+        issue = {"id": str(uuid.uuid4()), "operator": operator, "amount": total}
+        _call(http, "/v1/issuances", issue, cb_key)
+        bank = str(uuid.uuid4())
+        _call(http, "/v1/bank_accounts", {"id": bank, "owner": "http bench"}, op_key)
+        deposit = {"id": str(uuid.uuid4()), "amount": total}
+        _call(http, f"/v1/bank_accounts/{bank}/deposits", deposit, op_key)
+
+        keys = [SigningKey.generate() for _ in range(payers + payees)]
+        ids = [str(uuid.uuid4()) for _ in keys]
+        wallets = [
+            {
+                "id": wallet_id, "class": 1, "public_key": _b64(bytes(key.verify_key)),
+                "kyc": {"name": f"Bench {i}", "id_number": f"3101{i:08d}",
+                        "phone": f"+86137{i:08d}"},
+                "linked_bank_account": bank,
+            }
+            for i, (wallet_id, key) in enumerate(zip(ids, keys, strict=True))
+        ]  # fmt: skip
+        for start in range(0, len(wallets), 1000):
+            _call(http, "/v1/wallets/batch", {"wallets": wallets[start : start + 1000]}, op_key)
+        for wallet_id in ids[:payers]:
+            top_up = {"id": str(uuid.uuid4()), "amount": fund_fen}
+            _call(http, f"/v1/wallets/{wallet_id}/top_ups", top_up, op_key)
+    return Seeded(
+        payers=[(w, bytes(k).hex()) for w, k in zip(ids[:payers], keys[:payers], strict=True)],
+        payees=ids[payers:],
+    )
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(raw).decode()
+
+
+# --- signing, ahead of the run ----------------------------------------------------------------
+
+
+def _sign_range(
+    job: tuple[list[tuple[str, str]], list[str], int, int, int, int],
+) -> list[str]:
+    """Payments ``start .. start + count`` as JSON bodies of ``POST /v1/payments`` (payer
+    ``i mod payers``, payee ``(i div payers) mod payees``), each with a fresh UUIDv7 id."""
+    from nacl.signing import SigningKey
+
+    from ledger import signing
+    from ledger.ids import new_id
+
+    payers, payees, start, count, amount, expires_at_ms = job
+    keys = [SigningKey(bytes.fromhex(seed)) for _, seed in payers]
+    payer_ints = [uuid.UUID(w).int for w, _ in payers]
+    payee_ints = [uuid.UUID(w).int for w in payees]
+    out = []
+    for i in range(start, start + count):
+        p = i % len(payers)
+        q = (i // len(payers)) % len(payees)
+        tid = new_id()
+        auth = signing.sign_payment(
+            keys[p], 1, tid, payer_ints[p], payee_ints[q], amount, "CNY", expires_at_ms
+        )
+        out.append(
+            f'{{"id":"{uuid.UUID(int=tid)}","payer":"{payers[p][0]}","payee":"{payees[q]}",'
+            f'"amount":{amount},"currency":"CNY","expires_at_ms":{expires_at_ms},'
+            f'"key_version":1,"signature":"{_b64(auth.signature)}","kind":"payment"}}'
+        )
+    return out
+
+
+def sign_payments(
+    seeded: Seeded,
+    count: int,
+    *,
+    amount: int = PAYMENT_FEN,
+    expires_in_ms: int = EXPIRES_IN_MS,
+    workers: int = 2,
+) -> list[str]:
+    """``count`` distinct signed payments, each the JSON body of one ``POST /v1/payments``.
+
+    Signing takes ~25 µs a payment here, so large counts are split over ``workers`` processes
+    (the server is idle meanwhile: nothing is measured while signing)."""
+    expires = time.time_ns() // 1_000_000 + expires_in_ms
+    if count <= INLINE_SIGN_MAX or workers <= 1:
+        return _sign_range((seeded.payers, seeded.payees, 0, count, amount, expires))
+    parts = workers * 4
+    step = math.ceil(count / parts)
+    jobs = [
+        (seeded.payers, seeded.payees, s, min(step, count - s), amount, expires)
+        for s in range(0, count, step)
+    ]
+    with ProcessPoolExecutor(workers) as pool:
+        return [body for part in pool.map(_sign_range, jobs) for body in part]
+
+
+def batch_bodies(payments: Sequence[str], size: int) -> list[str]:
+    """``{"payments": [...]}`` bodies of ``size`` payments each (the last may be shorter)."""
+    return [
+        '{"payments":[' + ",".join(payments[s : s + size]) + "]}"
+        for s in range(0, len(payments), size)
+    ]
+
+
+def tree_size(base: str) -> int:
+    """The size of the ledger's latest signed checkpoint (``GET /v1/checkpoints/latest``)."""
+    response = httpx.get(f"{base}/v1/checkpoints/latest", timeout=30)
+    response.raise_for_status()
+    return int(response.json()["tree_size"])
+
+
+def settled_tree_size(base: str, timeout_s: float = 60.0) -> int:
+    """The tree size once it has stopped growing (the requests wrk left in flight committed)."""
+    deadline = time.monotonic() + timeout_s
+    size, since = tree_size(base), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = tree_size(base)
+        if now != size:
+            size, since = now, time.monotonic()
+        elif time.monotonic() - since >= SETTLE_S:
+            break
+    return size
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One wrk run against one target."""
+
+    target: str
+    kind: Kind
+    database: str | None
+    batch_size: int
+    connections: int
+    bodies: int
+    wrk: WrkResult
+    committed: int | None = None
+    """Entries the ledger's tree grew by over the run (None for the trivial endpoint)."""
+
+    @property
+    def accepted(self) -> int:
+        """Payments accepted: ok answers, capped by what the tree grew by (see module doc)."""
+        if self.committed is None:
+            return self.wrk.ok
+        return min(self.wrk.ok, self.committed)
+
+    @property
+    def payments_per_s(self) -> float:
+        return self.accepted / self.wrk.duration_s if self.wrk.duration_s > 0 else 0.0
+
+    def row(self) -> dict[str, Any]:
+        w = self.wrk
+        return {
+            "target": self.target, "kind": self.kind, "database": self.database,
+            "batch_size": self.batch_size, "connections": self.connections,
+            "duration_s": round(w.duration_s, 3), "requests": w.requests,
+            "requests_per_s": round(w.requests_per_s, 1), "p50_ms": round(w.p50_ms, 2),
+            "p90_ms": round(w.p90_ms, 2), "p99_ms": round(w.p99_ms, 2),
+            "max_ms": round(w.max_ms, 2), "ok": w.ok, "replayed": w.replayed,
+            "refused": w.refused, "non200": w.non200, "socket_errors": w.socket_errors,
+            "exhausted_threads": w.exhausted_threads, "bodies_signed": self.bodies,
+            "committed": self.committed, "accepted": self.accepted,
+            "payments_per_s": round(self.payments_per_s, 1) if self.kind != "trivial" else None,
+        }  # fmt: skip
+
+
+Say = Callable[[str], None]
+
+
+def _measure_trivial(
+    workdir: Path, duration_s: int, connections: int, runs: int, say: Say
+) -> list[Measurement]:
+    from nacl.signing import SigningKey
+
+    key = SigningKey.generate()
+    one = Seeded([(str(uuid.uuid4()), bytes(key).hex())], [str(uuid.uuid4())])
+    prefix = workdir / "trivial.bodies"
+    expires = time.time_ns() // 1_000_000 + EXPIRES_IN_MS
+    body = _sign_range((one.payers, one.payees, 0, 1, PAYMENT_FEN, expires))
+    write_bodies(prefix, body * WRK_THREADS)
+    out = []
+    with trivial_server(workdir) as base:
+        for run in range(runs):
+            say(f"trivial: run {run + 1}/{runs}, {connections} connections, {duration_s} s")
+            result = run_wrk(f"{base}/v1/payments", prefix, "trivial", connections, duration_s)
+            out.append(Measurement("trivial", "trivial", None, 1, connections, 1, result, None))
+            say(f"  {result.requests_per_s:,.0f} req/s, p99 {result.p99_ms:.1f} ms")
+    return out
+
+
+def _measure_payments(
+    server: LedgerServer,
+    seeded: Seeded,
+    database: str,
+    batch_size: int,
+    connections: int,
+    duration_s: int,
+    expected_per_s: float,
+    say: Say,
+) -> Measurement:
+    """Sign enough payments for ``duration_s`` at ``expected_per_s`` (× ``SIGN_MARGIN``), send
+    each once with wrk, and count what the ledger accepted."""
+    kind: Kind = "single" if batch_size == 1 else "batch"
+    count = max(1000, math.ceil(expected_per_s * duration_s * SIGN_MARGIN))
+    count = math.ceil(count / batch_size) * batch_size
+    started = time.monotonic()
+    payments = sign_payments(seeded, count)
+    bodies = payments if kind == "single" else batch_bodies(payments, batch_size)
+    prefix = server.workdir / f"{kind}-{batch_size}.bodies"
+    write_bodies(prefix, bodies)
+    del payments, bodies
+    say(f"  signed {count:,} payments in {time.monotonic() - started:.1f} s")
+    path = "/v1/payments" if kind == "single" else "/v1/payments/batch"
+    before = settled_tree_size(server.base)
+    result = run_wrk(f"{server.base}{path}", prefix, kind, connections, duration_s)
+    committed = settled_tree_size(server.base) - before
+    target = f"{database} single" if kind == "single" else f"{database} batch {batch_size}"
+    made = Measurement(target, kind, database, batch_size, connections, count, result, committed)
+    say(
+        f"  {result.requests_per_s:,.0f} req/s, {made.payments_per_s:,.0f} payments/s, "
+        f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms "
+        f"(ok {result.ok:,}, committed {committed:,}, replayed {result.replayed}, "
+        f"refused {result.refused}, non-200 {result.non200})"
+    )
+    if result.exhausted_threads:
+        say("  warning: the signed payments ran out before the end (the run stopped early)")
+    return made
+
+
+def _expected_rate(
+    size: int, rates: dict[int, float], priors: dict[int, float], trivial_rps: float
+) -> float:
+    """Payments/s to sign for: what this size did in an earlier run on the same database; else
+    1.5 × what it did on the other database; else, for single payments, the trivial endpoint's
+    rate (their ceiling); else 1.5 × the fastest batch size measured here; else a guess."""
+    if size in rates:
+        return rates[size]
+    if size in priors:
+        return priors[size] * 1.5
+    if size == 1:
+        return trivial_rps
+    batches = [r for s, r in rates.items() if s > 1]
+    return max(batches) * 1.5 if batches else BATCH_RATE_GUESS
+
+
+def _measure_ledger(
+    database: str,
+    url: str,
+    workdir: Path,
+    duration_s: int,
+    connections: int,
+    batch_connections: int,
+    runs: int,
+    trivial_rps: float,
+    priors: dict[int, float],
+    say: Say,
+) -> list[Measurement]:
+    out: list[Measurement] = []
+    with ledger_server(url, workdir) as server:
+        started = time.monotonic()
+        seeded = seed_ledger(server.base, server.cb_key)
+        say(
+            f"{database}: ledger serve on {server.base}, seeded {len(seeded.payers)} payers and "
+            f"{len(seeded.payees)} payees in {time.monotonic() - started:.1f} s"
+        )
+        rates: dict[int, float] = {}  # payments/s measured here, by batch size (1: single)
+        for run in range(runs):
+            for size in (1, *BATCH_SIZES):
+                conns = connections if size == 1 else batch_connections
+                expected = _expected_rate(size, rates, priors, trivial_rps)
+                what = "single payments" if size == 1 else f"batches of {size}"
+                say(f"{database}: run {run + 1}/{runs}, {what}, {conns} connections")
+                made = _measure_payments(
+                    server, seeded, database, size, conns, duration_s, expected, say
+                )
+                rates[size] = max(made.payments_per_s, 1.0)
+                out.append(made)
+    return out
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _median_rows(measurements: list[Measurement]) -> list[dict[str, Any]]:
+    """One row per target: the median of each figure over its runs."""
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for m in measurements:
+        by_target.setdefault(m.target, []).append(m.row())
+    rows = []
+    for runs in by_target.values():
+        row = dict(runs[0])
+        for name, value in runs[0].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values = [r[name] for r in runs if r[name] is not None]
+                row[name] = statistics.median(values)
+        row["runs"] = len(runs)
+        rows.append(row)
+    return rows
+
+
+def summarise(measurements: list[Measurement]) -> dict[str, Any]:
+    """Median rows, each with its ratio to the trivial endpoint and its target verdict."""
+    rows = _median_rows(measurements)
+    trivial = next((r for r in rows if r["kind"] == "trivial"), None)
+    ceiling = trivial["requests_per_s"] if trivial else None
+    for row in rows:
+        rate = row["requests_per_s"] if row["kind"] == "trivial" else row["payments_per_s"]
+        row["ratio_to_trivial"] = round(rate / ceiling, 3) if ceiling else None
+        if row["kind"] == "single":
+            row["goal"] = f"≥ {TARGET_SINGLE_RATIO:.0%} of trivial, p99 ≤ {TARGET_P99_MS:.0f} ms"
+            row["meets_goal"] = bool(
+                row["ratio_to_trivial"] is not None
+                and row["ratio_to_trivial"] >= TARGET_SINGLE_RATIO
+                and row["p99_ms"] <= TARGET_P99_MS
+            )
+        elif row["kind"] == "batch":
+            goal = TARGET_BATCH_TPS[str(row["database"])]
+            row["goal"] = f"≥ {goal:,.0f} payments/s"
+            row["meets_goal"] = row["payments_per_s"] >= goal
+        else:
+            row["goal"], row["meets_goal"] = "the ceiling", None
+    return {"targets": rows}
+
+
+def server_setup() -> dict[str, Any]:
+    """What uvicorn's ``auto`` loop and http resolve to here, and the rest of the set-up."""
+    import importlib.util
+
+    import uvicorn
+
+    have = importlib.util.find_spec
+    return {
+        "uvicorn": uvicorn.__version__,
+        "workers": 1,
+        "loop": "uvloop" if have("uvloop") else "asyncio",
+        "http": "httptools" if have("httptools") else "h11",
+        "log_level": "warning",
+        "why": "as `ledger serve` runs: one process is one ledger writer (sequencer and writer "
+        "lock in the serving process), so more workers would be more ledgers; the trivial app "
+        "gets the same set-up so the ratio compares like with like",
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    head = (
+        f"{'target':<22} {'conns':>5} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'payments/s':>11} {'ratio':>6}  goal"
+    )
+    lines = [head, "-" * len(head)]
+    for r in summary["targets"]:
+        pay = "-" if r["payments_per_s"] is None else f"{r['payments_per_s']:,.0f}"
+        ratio = "-" if r["ratio_to_trivial"] is None else f"{r['ratio_to_trivial']:.2f}"
+        verdict = {True: "met", False: "NOT met", None: ""}[r["meets_goal"]]
+        lines.append(
+            f"{r['target']:<22} {r['connections']:>5} {r['requests_per_s']:>11,.0f} "
+            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {pay:>11} {ratio:>6}  "
+            f"{r['goal']} {verdict}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def run(
+    duration_s: int = DURATION_S,
+    connections: int = CONNECTIONS,
+    batch_connections: int = BATCH_CONNECTIONS,
+    postgres: str | None = DEFAULT_POSTGRES,
+    runs: int = 1,
+    say: Say = print,
+) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON-able report."""
+    wrk_path()
+    measurements: list[Measurement] = []
+    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
+        workdir = Path(tmp)
+        measurements += _measure_trivial(workdir, duration_s, connections, runs, say)
+        ceiling = statistics.median(m.wrk.requests_per_s for m in measurements)
+        sqlite_url = f"sqlite:///{workdir / 'sqlite' / 'ledger.db'}"
+        measurements += _measure_ledger(
+            "sqlite", sqlite_url, workdir / "sqlite", duration_s, connections,
+            batch_connections, runs, ceiling, {}, say,
+        )  # fmt: skip
+        priors = {m.batch_size: m.payments_per_s for m in measurements if m.kind != "trivial"}
+        if postgres:
+            with postgres_database(postgres) as url:
+                measurements += _measure_ledger(
+                    "postgres", url, workdir / "postgres", duration_s, connections,
+                    batch_connections, runs, ceiling, priors, say,
+                )  # fmt: skip
+    report = summarise(measurements)
+    report.update(
+        {
+            "duration_s": duration_s,
+            "runs": runs,
+            "wrk": {"threads": WRK_THREADS, "connections": connections,
+                    "batch_connections": batch_connections},
+            "machine": {"cpus": os.cpu_count(),
+                        "note": "wrk shares the machine (same cores) with the servers and "
+                        "the database; figures include its share of the CPU"},
+            "server": server_setup(),
+            "published_figure": "accepted payments/s = min(ok answers, committed entries) "
+            "/ wrk duration",
+            "measurements": [m.row() for m in measurements],
+        }
+    )  # fmt: skip
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.http_bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--duration", type=int, default=DURATION_S, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument("--batch-connections", type=int, default=BATCH_CONNECTIONS)
+    parser.add_argument(
+        "--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL server URL; '' to skip"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="runs per target; medians reported")
+    args = parser.parse_args(argv)
+    if args.duration < 1 or args.runs < 1 or args.connections < 1 or args.batch_connections < 1:
+        parser.error("--duration, --runs and the connection counts must be at least 1")
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        report = run(
+            args.duration, args.connections, args.batch_connections, args.postgres or None,
+            args.runs, say,
+        )  # fmt: skip
+    except BenchError as exc:
+        sys.exit(f"http_bench: {exc}")
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(format_table(report))
+    setup = report["server"]
+    print(
+        f"\nmedians of {args.runs} run(s) of {args.duration} s; wrk {WRK_THREADS} threads on the "
+        f"same {os.cpu_count()} cores as the servers and the database (its CPU share is in the "
+        f"figures). Servers: uvicorn {setup['uvicorn']}, {setup['workers']} worker, "
+        f"{setup['loop']} + {setup['http']}. payments/s = accepted payments (ok answers, "
+        "capped by the tree's growth) per second; ratio = payments/s over trivial requests/s."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The framework's ceiling: a FastAPI app that parses a signed payment and answers at once.
+
+``POST /v1/payments`` takes exactly the body the ledger's ``POST /v1/payments`` takes, parsed
+into the ledger's own pydantic model (``ledger.api.models.SignedPaymentIn``: UUID ids, strict
+integer fen, a base64 signature of 64 bytes), so the JSON and validation work per request is the
+same. It then answers a small JSON object: no signature check, no queue, no journal, no
+database. Whatever a signed, journaled, committed payment costs beyond this endpoint is the
+ledger's own work; ``loadtests.http_bench`` measures both in one run and reports the ratio.
+
+It runs under uvicorn with the settings ``ledger serve`` uses (one process, ``loop`` and
+``http`` left at ``auto``, i.e. uvloop and httptools as installed, ``log_level="warning"``)::
+
+    python -m loadtests.trivial_app --port 8001
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Final
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from ledger.api.models import SignedPaymentIn, format_id
+
+PATH: Final = "/v1/payments"
+
+app = FastAPI(title="trivial payment endpoint (loadtests.http_bench's ceiling)")
+
+
+@app.post(PATH)
+async def create_payment(body: SignedPaymentIn) -> JSONResponse:
+    """Parse the payment (422 on any field the ledger would refuse) and answer ``ok``."""
+    return JSONResponse({"id": format_id(body.id), "result": "ok", "replayed": False})
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the app as ``ledger serve`` serves the ledger (see ``ledger.cli.serve``)."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args(argv)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
