@@ -37,18 +37,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its descendants (the committer), in bytes."""
-    total = 0
-    for p in [pid, *descendants(pid)]:
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except FileNotFoundError:
-            continue
-        total += sum(
-            int(x.split()[1]) * 1024 for x in status.splitlines() if x.startswith("VmRSS:")
-        )
-    return total
+def own_rss(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0
+    return sum(int(x.split()[1]) * 1024 for x in status.splitlines() if x.startswith("VmRSS:"))
+
+
+def rss_bytes(pid: int) -> tuple[int, int]:
+    """Resident memory of the API process, and of its descendants (the committer), in bytes."""
+    return own_rss(pid), sum(own_rss(p) for p in descendants(pid))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         str(out / "locust"),
     ]
     samples: list[tuple[float, int]] = []
+    parts: list[tuple[int, int]] = []
     started = time.monotonic()
     try:
         with open(out / "locust.log", "w") as log:
             load = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=out)
             while load.poll() is None:
-                samples.append((time.monotonic() - started, rss_bytes(server.proc.pid)))
+                api, committer = rss_bytes(server.proc.pid)
+                samples.append((time.monotonic() - started, api + committer))
+                parts.append((api, committer))
                 time.sleep(SAMPLE_S)
     finally:
         server.stop()
@@ -120,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         "failure_ratio": profile.get("failure_ratio"),
         "acknowledged": profile.get("audit", {}).get("acknowledged"),
     }
-    (out / "soak.json").write_text(json.dumps({**result, "rss": samples}, indent=1) + "\n")
+    (out / "soak.json").write_text(
+        json.dumps({**result, "rss": samples, "api_committer": parts}, indent=1) + "\n"
+    )
     print(json.dumps(result))
     return 0 if result["flat"] and result["profile_ok"] else 1
 
