@@ -57,7 +57,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,6 +70,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import httpx
+
+from ledger.crash import ServeProcess, free_port, serving
 
 DEFAULT_POSTGRES: Final = os.environ.get(
     "LEDGER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -215,12 +216,6 @@ def run_wrk(
 # --- processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -262,54 +257,6 @@ def trivial_server(workdir: Path) -> Iterator[str]:
         yield base
     finally:
         _stop(proc)
-
-
-@dataclass
-class LedgerServer:
-    """A real ``ledger serve`` (``python -m ledger.cli serve``) on ``url``, its signing key,
-    first central-bank key and log in ``workdir``."""
-
-    url: str
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "serve.log"
-
-    @property
-    def cb_key(self) -> str:
-        return (self.workdir / "admin.key").read_text().strip()
-
-    def start(self) -> None:
-        command = [
-            sys.executable, "-m", "ledger.cli", "serve", "--database", self.url,
-            "--key-file", str(self.workdir / "ledger.key"), "--port", str(self.port),
-            "--admin-key-file", str(self.workdir / "admin.key"),
-        ]  # fmt: skip
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        _wait_healthy(self.proc, self.base, self.log_path, SERVE_TIMEOUT_S)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
-
-
-@contextlib.contextmanager
-def ledger_server(url: str, workdir: Path) -> Iterator[LedgerServer]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    server = LedgerServer(url, workdir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -561,7 +508,7 @@ def _measure_trivial(
 
 
 def _measure_payments(
-    server: LedgerServer,
+    server: ServeProcess,
     seeded: Seeded,
     database: str,
     batch_size: int,
@@ -578,7 +525,7 @@ def _measure_payments(
     started = time.monotonic()
     payments = sign_payments(seeded, count)
     bodies = payments if kind == "single" else batch_bodies(payments, batch_size)
-    prefix = server.workdir / f"{kind}-{batch_size}.bodies"
+    prefix = server.tmp / f"{kind}-{batch_size}.bodies"
     write_bodies(prefix, bodies)
     del payments, bodies
     say(f"  signed {count:,} payments in {time.monotonic() - started:.1f} s")
@@ -628,9 +575,10 @@ def _measure_ledger(
     say: Say,
 ) -> list[Measurement]:
     out: list[Measurement] = []
-    with ledger_server(url, workdir) as server:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with serving(url, workdir) as server:
         started = time.monotonic()
-        seeded = seed_ledger(server.base, server.cb_key)
+        seeded = seed_ledger(server.base, server.admin_file.read_text().strip())
         say(
             f"{database}: ledger serve on {server.base}, seeded {len(seeded.payers)} payers and "
             f"{len(seeded.payees)} payees in {time.monotonic() - started:.1f} s"

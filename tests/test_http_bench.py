@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from ledger.api.models import SignedPaymentIn
+from ledger.crash import ServeProcess, serving
 from loadtests import http_bench as hb
 from loadtests import trivial_app
 
@@ -131,13 +132,16 @@ def test_the_trivial_app_parses_what_the_ledger_parses(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[hb.LedgerServer, hb.Seeded]]:
-    with hb.ledger_server(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path) as server:
-        yield server, hb.seed_ledger(server.base, server.cb_key, payers=4, payees=2)
+def served(tmp_path: Path) -> Iterator[tuple[ServeProcess, hb.Seeded]]:
+    with serving(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path) as server:
+        yield (
+            server,
+            hb.seed_ledger(server.base, server.admin_file.read_text().strip(), payers=4, payees=2),
+        )
 
 
 def test_presigned_payments_are_each_accepted_once(
-    served: tuple[hb.LedgerServer, hb.Seeded],
+    served: tuple[ServeProcess, hb.Seeded],
 ) -> None:
     server, seeded = served
     singles = hb.sign_payments(seeded, 50)
