@@ -24,14 +24,12 @@ import sqlite3
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
 from nacl.signing import SigningKey
-from sqlalchemy.engine import make_url
 
 from ledger import signing
 from ledger.domain import BATCH_MAX, Account, AccountFlags, OpenWallet, Transfer, Wallet
@@ -46,7 +44,7 @@ from ledger.engine import (
 from ledger.ids import new_id
 from ledger.sequencer import Overloaded
 from ledger.service import LedgerService
-from ledger.store.database import create_postgres_database, drop_postgres_database
+from ledger.store.database import fresh_postgres_database
 from ledger.wallets import codes
 from ledger.wallets.kyc import KycStore
 from ledger.wallets.service import OperatorAccounts, SignedPayment, Wallets
@@ -246,14 +244,11 @@ def _signed_run(n: int, seed: int) -> float:
 
 
 def _postgres_run(server: str, n: int, hot: bool, seed: int) -> float:
-    name = f"ledger_bench_{uuid.uuid4().hex[:10]}"
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    create_postgres_database(url)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            return service_tps(url, Path(tmp) / "bench.key", n, hot, seed)
-    finally:
-        drop_postgres_database(url)
+    with (
+        fresh_postgres_database(server, "ledger_bench") as url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        return service_tps(url, Path(tmp) / "bench.key", n, hot, seed)
 
 
 def _median(label: str, runs: int, run: Callable[[int], float], log: Log) -> int:

@@ -262,17 +262,10 @@ def trivial_server(workdir: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def postgres_database(server_url: str) -> Iterator[str]:
     """A fresh database ``bench_http_<random>`` on ``server_url``, dropped afterwards."""
-    from sqlalchemy.engine import make_url
+    from ledger.store.database import fresh_postgres_database
 
-    from ledger.store.database import create_postgres_database, drop_postgres_database
-
-    name = f"bench_http_{uuid.uuid4().hex[:12]}"
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    create_postgres_database(url)
-    try:
+    with fresh_postgres_database(server_url, "bench_http") as url:
         yield url
-    finally:
-        drop_postgres_database(url)
 
 
 # --- seeding, over HTTP -----------------------------------------------------------------------

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.engine import make_url
 
 from ledger.api.app import create_app
 from ledger.server import open_wallets
 from ledger.service import LedgerService
-from ledger.store.database import create_postgres_database, drop_postgres_database
+from ledger.store.database import fresh_postgres_database
 
 POSTGRES_SERVER = os.environ.get(
     "LEDGER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -30,13 +28,8 @@ def sqlite_url(tmp_path: Path) -> str:
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards. Fails (never skips) if the server is down:
     CI starts it, and a PostgreSQL test that silently skips would be a check dressed as a pass."""
-    name = f"ledger_test_{uuid.uuid4().hex[:12]}"
-    url = make_url(POSTGRES_SERVER).set(database=name).render_as_string(hide_password=False)
-    create_postgres_database(url)
-    try:
+    with fresh_postgres_database(POSTGRES_SERVER, "ledger_test") as url:
         yield url
-    finally:
-        drop_postgres_database(url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

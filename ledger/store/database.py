@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -117,8 +119,21 @@ def current_revision(engine: Engine) -> str | None:
             return None
 
 
-def create_postgres_database(url: str) -> None:
-    """Create the database a PostgreSQL URL names, if it does not exist (tests, bench)."""
+@contextmanager
+def fresh_postgres_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new database ``<prefix>_<random>`` on the PostgreSQL server of ``server_url``; its URL
+    is yielded, and it is dropped afterwards (tests and benchmarks)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    _create_postgres_database(url)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(url)
+
+
+def _create_postgres_database(url: str) -> None:
+    """Create the database a PostgreSQL URL names, if it does not exist."""
     target = make_url(url)
     admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -130,7 +145,7 @@ def create_postgres_database(url: str) -> None:
     admin.dispose()
 
 
-def drop_postgres_database(url: str) -> None:
+def _drop_postgres_database(url: str) -> None:
     target = make_url(url)
     admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
