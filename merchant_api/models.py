@@ -10,8 +10,10 @@ one exception: its ``fanned_out`` marker, set once by the webhook worker).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, SmallInteger, String, Text
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 
 class Merchant(SQLModel, table=True):
@@ -187,3 +189,15 @@ class Settlement(SQLModel, table=True):
     day: int = Field(sa_column=Column(Integer, nullable=False))
     bank_account: bytes = Field(sa_column=Column(LargeBinary(16), nullable=False))
     created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+def newest_first(query: Any, model: Any, cursor: Any | None) -> Any:
+    """``query`` ordered newest first (``created_at_ms``, then ``id``), after ``cursor`` (a row
+    of ``model``) when there is one: the keyset every list route pages with."""
+    if cursor is not None:
+        created, row_id = col(model.created_at_ms), col(model.id)
+        query = query.where(
+            (created < cursor.created_at_ms)
+            | ((created == cursor.created_at_ms) & (row_id < cursor.id))
+        )
+    return query.order_by(col(model.created_at_ms).desc(), col(model.id).desc())

@@ -56,6 +56,7 @@ from merchant_api.models import (
     PaymentOrder,
     Refund,
     RefundTransition,
+    newest_first,
 )
 from wallet_sdk import qr
 
@@ -370,20 +371,12 @@ class MerchantService:
         query = select(PaymentOrder).where(
             col(PaymentOrder.merchant_id) == ctx.merchant_id, col(PaymentOrder.livemode) == ctx.mode
         )
-        if starting_after is not None:
-            cursor = self.order(ctx, starting_after)
-            query = query.where(
-                (col(PaymentOrder.created_at_ms) < cursor.created_at_ms)
-                | (
-                    (col(PaymentOrder.created_at_ms) == cursor.created_at_ms)
-                    & (col(PaymentOrder.id) < cursor.id)
-                )
-            )
+        cursor = None if starting_after is None else self.order(ctx, starting_after)
+        query = newest_first(query, PaymentOrder, cursor)
         if created_gte is not None:
             query = query.where(col(PaymentOrder.created_at_ms) >= created_gte * 1000)
         if created_lte is not None:
             query = query.where(col(PaymentOrder.created_at_ms) <= created_lte * 1000)
-        query = query.order_by(col(PaymentOrder.created_at_ms).desc(), col(PaymentOrder.id).desc())
         with Session(self.engine) as session:
             rows = [r[0] for r in session.execute(query.limit(limit + 1)).all()]
         return rows[:limit], len(rows) > limit

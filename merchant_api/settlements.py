@@ -36,7 +36,7 @@ from ledger.ids import new_uuid
 from ledger.journal import id_bytes
 from ledger.wallets.service import SignedPayment, Submitted, WalletError
 from merchant_api.keys import MerchantContext
-from merchant_api.models import Merchant, Settlement
+from merchant_api.models import Merchant, Settlement, newest_first
 from merchant_api.service import SIGNATURE_TTL_MS, MerchantError, MerchantService, uuid_of
 from merchant_api.statements import cst_day, day_date
 
@@ -202,16 +202,8 @@ def page(
     query = select(Settlement).where(
         col(Settlement.merchant_id) == ctx.merchant_id, col(Settlement.livemode) == ctx.mode
     )
-    if starting_after is not None:
-        cursor = by_id(ctx, service, starting_after)
-        query = query.where(
-            (col(Settlement.created_at_ms) < cursor.created_at_ms)
-            | (
-                (col(Settlement.created_at_ms) == cursor.created_at_ms)
-                & (col(Settlement.id) < cursor.id)
-            )
-        )
-    query = query.order_by(col(Settlement.created_at_ms).desc(), col(Settlement.id).desc())
+    cursor = None if starting_after is None else by_id(ctx, service, starting_after)
+    query = newest_first(query, Settlement, cursor)
     with Session(service.engine) as session:
         rows = list(session.exec(query.limit(limit + 1)).all())
     return rows[:limit], len(rows) > limit

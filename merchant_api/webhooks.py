@@ -44,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from merchant_api.keys import MerchantContext
-from merchant_api.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from merchant_api.models import WebhookDelivery, WebhookEndpoint, WebhookEvent, newest_first
 from merchant_api.service import MerchantError, MerchantService
 from wallet_sdk.webhooks import generate_secret, signature_header
 
@@ -219,18 +219,8 @@ def list_endpoints(
         col(WebhookEndpoint.merchant_id) == ctx.merchant_id,
         col(WebhookEndpoint.livemode) == ctx.mode,
     )
-    if starting_after is not None:
-        cursor = endpoint(service, ctx, starting_after)
-        query = query.where(
-            (col(WebhookEndpoint.created_at_ms) < cursor.created_at_ms)
-            | (
-                (col(WebhookEndpoint.created_at_ms) == cursor.created_at_ms)
-                & (col(WebhookEndpoint.id) < cursor.id)
-            )
-        )
-    query = query.order_by(
-        col(WebhookEndpoint.created_at_ms).desc(), col(WebhookEndpoint.id).desc()
-    ).limit(limit + 1)
+    cursor = None if starting_after is None else endpoint(service, ctx, starting_after)
+    query = newest_first(query, WebhookEndpoint, cursor).limit(limit + 1)
     with Session(service.engine) as session:
         rows = [r[0] for r in session.execute(query).all()]
     return rows[:limit], len(rows) > limit
@@ -379,22 +369,14 @@ def list_events(
     query = select(WebhookEvent).where(
         col(WebhookEvent.merchant_id) == ctx.merchant_id, col(WebhookEvent.livemode) == ctx.mode
     )
-    if starting_after is not None:
-        cursor = event(service, ctx, starting_after)
-        query = query.where(
-            (col(WebhookEvent.created_at_ms) < cursor.created_at_ms)
-            | (
-                (col(WebhookEvent.created_at_ms) == cursor.created_at_ms)
-                & (col(WebhookEvent.id) < cursor.id)
-            )
-        )
+    cursor = None if starting_after is None else event(service, ctx, starting_after)
+    query = newest_first(query, WebhookEvent, cursor)
     if type is not None:
         query = query.where(col(WebhookEvent.type) == type)
     if delivery_success is False:
         query = query.where(_undelivered())
     elif delivery_success is True:
         query = query.where(~_undelivered())
-    query = query.order_by(col(WebhookEvent.created_at_ms).desc(), col(WebhookEvent.id).desc())
     with Session(service.engine) as session:
         rows = [r[0] for r in session.execute(query.limit(limit + 1)).all()]
     return rows[:limit], len(rows) > limit
