@@ -18,7 +18,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
-from typing import Final
+from typing import Any, Final
 
 from ledger.domain import (
     AMOUNT_MAX,
@@ -117,6 +117,9 @@ class OpResult:
     """For rejections by a limit: which limit, its value, what would have been allowed."""
     tree_size: int = 0
     """Set once committed: the size of the first signed checkpoint that includes the batch."""
+    committed: Any = None
+    """Set once committed: the ``ledger.sequencer.CommittedBatch``, which builds receipts for the
+    batch's entries from memory."""
 
 
 @dataclass(slots=True)

@@ -188,8 +188,10 @@ class Journal:
         self.key = key
         self.origin = origin
 
-    def prepare(self, out: Outcome) -> BatchRows:
+    def prepare(self, out: Outcome) -> tuple[BatchRows, merkle.AppendedLeaves]:
+        """The batch's rows, and what proves its entries from memory once committed."""
         rows, leaves = self._entry_rows(out)
+        appended = merkle.AppendedLeaves(self.log.size, self.log.frontier, leaves)
         self.log.append(leaves)
         assert self.log.size == out.first_seq + len(rows), "journal and engine disagree on seq"
         signed = None
@@ -212,7 +214,7 @@ class Journal:
             attachments=_attachments(out),
             tiles=self.log.take_dirty_tiles(),
             checkpoint=signed,
-        )
+        ), appended
 
     @staticmethod
     def _entry_rows(out: Outcome) -> tuple[list[tuple], list[bytes]]:

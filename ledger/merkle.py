@@ -23,6 +23,7 @@ from typing import Final, TypeAlias
 
 __all__ = [
     "HASH_SIZE",
+    "AppendedLeaves",
     "NodeReader",
     "consistency_proof",
     "consistency_proof_from_nodes",
@@ -148,6 +149,52 @@ def consistency_proof_from_nodes(old_size: int, new_size: int, node: NodeReader)
         proof.append(_range_hash(lo, hi, node))  # [lo, old_size) is complete here: one read
     proof.reverse()
     return proof
+
+
+class AppendedLeaves:
+    """Inclusion proofs for the leaves just appended to a log, from memory alone.
+
+    A log's writer keeps only its *frontier*: the hashes of the complete subtrees that the binary
+    decomposition of its size splits it into, largest first. Given the frontier before an append
+    and the appended leaf hashes, every proof of an appended leaf against the new size can be
+    built: its left siblings that lie wholly before the append are frontier subtrees, and
+    everything else is hashed from the new leaves (each complete subtree at most once)."""
+
+    __slots__ = ("_memo", "frontier", "leaves", "old_size", "size")
+
+    def __init__(self, old_size: int, frontier: Sequence[bytes], leaves: Sequence[bytes]) -> None:
+        _require_size("old_size", old_size)
+        if len(frontier) != old_size.bit_count():
+            raise ValueError(f"a tree of {old_size} has {old_size.bit_count()} frontier hashes")
+        self.old_size, self.frontier, self.leaves = old_size, list(frontier), list(leaves)
+        self.size = old_size + len(self.leaves)
+        self._memo: dict[tuple[int, int], bytes] = {}
+
+    def node(self, level: int, index: int) -> bytes:
+        """A :data:`NodeReader` over the grown tree, for the subtrees its proofs can ask for."""
+        key = (level, index)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        start, old = index << level, self.old_size
+        if start + (1 << level) <= old:  # wholly before the append: must be a frontier subtree
+            if not (old >> level & 1 and index == (old >> level) - 1):
+                raise LookupError(f"subtree ({level}, {index}) is not on the old frontier")
+            h = self.frontier[(old >> (level + 1)).bit_count()]
+        elif start + (1 << level) > self.size:
+            raise LookupError(f"subtree ({level}, {index}) is not complete")
+        elif level == 0:
+            h = self.leaves[start - old]
+        else:
+            h = node_hash(self.node(level - 1, 2 * index), self.node(level - 1, 2 * index + 1))
+        self._memo[key] = h
+        return h
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        """PATH(index, D[0:size]) for an appended leaf (``old_size <= index < size``)."""
+        if not self.old_size <= index < self.size:
+            raise ValueError(f"leaf {index} was not appended ({self.old_size}..{self.size})")
+        return inclusion_proof_from_nodes(index, self.size, self.node)
 
 
 # --- list-based: the same algorithms over levels computed once -----------------------------------

@@ -915,6 +915,7 @@ def test_verify_consistency_never_raises(
 def test_module_exports_the_documented_api() -> None:
     assert set(merkle.__all__) == {
         "HASH_SIZE",
+        "AppendedLeaves",
         "NodeReader",
         "consistency_proof",
         "consistency_proof_from_nodes",
@@ -927,3 +928,41 @@ def test_module_exports_the_documented_api() -> None:
         "verify_consistency",
         "verify_inclusion",
     }
+
+
+def ref_frontier(entries: Sequence[bytes]) -> list[bytes]:
+    """MTH of each complete subtree in the binary decomposition of len(entries), largest first."""
+    out, start = [], 0
+    for level in reversed(range(len(entries).bit_length())):
+        if len(entries) >> level & 1:
+            out.append(ref_mth(entries[start : start + (1 << level)]))
+            start += 1 << level
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data(), non_empty_entry_lists)
+def test_appended_leaves_prove_from_frontier_alone(
+    data: st.DataObject, entries: list[bytes]
+) -> None:
+    """Proofs for the leaves of an append, from the frontier before it and the new leaf hashes,
+    equal the RFC's PATH over the whole tree, for any split."""
+    old = data.draw(st.integers(0, len(entries) - 1), label="old_size")
+    appended = merkle.AppendedLeaves(
+        old, ref_frontier(entries[:old]), [leaf_hash(e) for e in entries[old:]]
+    )
+    for index in range(old, len(entries)):
+        assert appended.inclusion_proof(index) == ref_path(index, entries)
+    with pytest.raises(ValueError, match="was not appended"):
+        appended.inclusion_proof(old - 1 if old else len(entries))
+
+
+def test_appended_leaves_refuse_a_wrong_frontier_or_a_node_they_cannot_know() -> None:
+    entries = [bytes([i]) for i in range(7)]
+    with pytest.raises(ValueError, match="frontier hashes"):
+        merkle.AppendedLeaves(6, ref_frontier(entries[:4]), [leaf_hash(entries[6])])
+    appended = merkle.AppendedLeaves(6, ref_frontier(entries[:6]), [leaf_hash(entries[6])])
+    with pytest.raises(LookupError, match="not on the old frontier"):
+        appended.node(0, 1)  # a leaf inside the old tree: only its frontier is known
+    with pytest.raises(LookupError, match="not complete"):
+        appended.node(1, 3)  # leaves 6 and 7: the tree has 7

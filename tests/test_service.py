@@ -6,6 +6,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -166,46 +168,77 @@ def test_key_file_is_private_and_must_match(
         open_ledger(database_url, key_file)
 
 
+@contextmanager
+def stalled_database(database_url: str) -> Iterator[None]:
+    """Hold a lock that stops the committer's next transaction until the block ends."""
+    release = threading.Event()
+    locked = threading.Event()
+
+    def hold_lock() -> None:
+        if is_sqlite(database_url):
+            conn = sqlite3.connect(sqlite_path(database_url), isolation_level=None)
+            conn.execute("BEGIN EXCLUSIVE")
+        else:
+            dsn = make_url(database_url).set(drivername="postgresql")
+            conn = psycopg.connect(dsn.render_as_string(hide_password=False))
+            conn.execute("LOCK TABLE journal_entries IN ACCESS EXCLUSIVE MODE")
+        locked.set()
+        release.wait(30)
+        conn.rollback() if not is_sqlite(database_url) else conn.execute("ROLLBACK")
+        conn.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    assert locked.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_full_queue_answers_overloaded_and_drops_nothing(database_url: str, key_file: Path) -> None:
     """Stall the database from outside; the queue fills; new work is refused at once; once the
     database is back every accepted request commits."""
     with open_ledger(database_url, key_file, queue_max_events=20) as ledger:
         seed(ledger)
-        release = threading.Event()
-        locked = threading.Event()
-
-        def hold_lock() -> None:
-            if is_sqlite(database_url):
-                conn = sqlite3.connect(sqlite_path(database_url), isolation_level=None)
-                conn.execute("BEGIN EXCLUSIVE")
-            else:
-                dsn = make_url(database_url).set(drivername="postgresql")
-                conn = psycopg.connect(dsn.render_as_string(hide_password=False))
-                conn.execute("LOCK TABLE journal_entries IN ACCESS EXCLUSIVE MODE")
-            locked.set()
-            release.wait(30)
-            conn.rollback() if not is_sqlite(database_url) else conn.execute("ROLLBACK")
-            conn.close()
-
-        holder = threading.Thread(target=hold_lock)
-        holder.start()
-        assert locked.wait(10)
         accepted, refused = [], 0
-        for i in range(200):
-            try:
-                accepted.append(ledger.submit(OP_CREATE_TRANSFERS, [pay(1000 + i, ISSUER, BOB, 1)]))
-            except Overloaded as exc:
-                refused += 1
-                assert exc.retry_after_s >= 1
-        assert refused > 0, "a stalled writer must push back"
-        assert len(accepted) >= 20
-        release.set()
-        holder.join()
+        with stalled_database(database_url):
+            for i in range(200):
+                try:
+                    transfer = [pay(1000 + i, ISSUER, BOB, 1)]
+                    accepted.append(ledger.submit(OP_CREATE_TRANSFERS, transfer))
+                except Overloaded as exc:
+                    refused += 1
+                    assert exc.retry_after_s >= 1
+            assert refused > 0, "a stalled writer must push back"
+            assert len(accepted) >= 20
         results = [f.result(timeout=60) for f in accepted]
         assert all(r.codes == [0] for r in results)
         assert ledger.sequencer.engine.state.accounts[BOB].balances()[3] == len(accepted)
     with open_ledger(database_url, key_file) as ledger:
         assert ledger.sequencer.engine.state.accounts[BOB].balances()[3] == len(accepted)
+
+
+def test_requests_that_wait_for_a_commit_share_the_next_batch(
+    database_url: str, key_file: Path
+) -> None:
+    """Group commit: while one batch commits, requests queue instead of each becoming a batch
+    of its own; the whole queue is the next batch."""
+    with open_ledger(database_url, key_file) as ledger:
+        seed(ledger)
+        before = ledger.sequencer.batches_committed
+        with stalled_database(database_url):
+            first = ledger.submit(OP_CREATE_TRANSFERS, [pay(900, ISSUER, BOB, 1)])
+            time.sleep(0.5)  # the first batch is now in the committer, waiting for the lock
+            rest = []
+            for i in range(40):  # one by one, as requests arrive, not all in one go
+                rest.append(ledger.submit(OP_CREATE_TRANSFERS, [pay(901 + i, ISSUER, BOB, 1)]))
+                time.sleep(0.005)
+        results = [f.result(timeout=60) for f in [first, *rest]]
+        assert all(r.codes == [0] for r in results)
+        assert ledger.sequencer.batches_committed - before == 2
+        assert len({r.tree_size for r in results[1:]}) == 1, "the forty share one checkpoint"
 
 
 def test_failed_commit_is_retried_with_the_same_ids(database_url: str, key_file: Path) -> None:

@@ -124,7 +124,12 @@ class World:
         body = {"id": new_uuid(), "amount": amount}
         return str(self.post(f"/v1/wallets/{w.id}/top_ups", body, self.op)["results"][0]["result"])
 
-    def pay(
+    def pay(self, payer: W, payee: str, amount: int, **how: Any) -> dict[str, Any]:
+        body = self.payment(payer, payee, amount, **how)
+        result: dict[str, Any] = self.post("/v1/payments", body)
+        return result
+
+    def payment(
         self,
         payer: W,
         payee: str,
@@ -136,6 +141,7 @@ class World:
         payment_id: str | None = None,
         signed_amount: int | None = None,
     ) -> dict[str, Any]:
+        """The body of a signed payment."""
         pid = payment_id or new_uuid()
         expires = self.now_ms() + expires_in_ms
         auth = signing.sign_payment(
@@ -158,8 +164,7 @@ class World:
             "signature": b64(auth.signature),
             "kind": kind,
         }
-        result: dict[str, Any] = self.post("/v1/payments", body)
-        return result
+        return body
 
     def signed_get(self, w: W, path: str, key: SigningKey | None = None) -> Any:
         ts = time.time_ns() // 1_000_000
@@ -587,6 +592,27 @@ def test_receipt_entry_proof_and_checkpoint(world: World) -> None:
     assert signed.verify(public_key) and signed.size == receipt["tree_size"]
     proof = [base64.b64decode(h) for h in receipt["inclusion_proof"]]
     assert merkle.verify_inclusion(body, receipt["leaf_index"], signed.size, proof, signed.root)
+
+
+def test_receipts_from_the_writers_memory_equal_those_read_back(world: World) -> None:
+    """A payment's receipt is built from the committed batch in memory; the same receipt read
+    later from the database (``GET /v1/receipts``) must be identical, for one payment and for
+    every payment of a batch."""
+    payer, payee = world.wallet(bank=10_000), world.wallet()
+    world.top_up(payer, 5_000)
+    answers = [world.pay(payer, payee.id, 100)]
+    batch = [world.payment(payer, payee.id, 10 + i) for i in range(5)]
+    answers += world.post("/v1/payments/batch", {"payments": batch, "receipts": True})["results"]
+    assert len({a["receipt"]["tree_size"] for a in answers}) == 2, "one single, one batch"
+    for answer in answers:
+        assert answer["result"] == "ok"
+        tid = answer["id"]
+        made = answer["receipt"]
+        stored = world.api.get(
+            f"/v1/receipts/{tid}?tree_size={made['tree_size']}", headers=world.op
+        )
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["receipt"] == made
 
 
 def test_circulation_is_issued_minus_redeemed_and_verify_agrees(world: World) -> None:

@@ -18,6 +18,7 @@ from ledger.domain import (
     flag_names,
 )
 from ledger.engine import OpResult, State
+from ledger.sequencer import CommittedBatch
 from ledger.store.queries import AccountView, EntryView, Reader, TransferView
 
 
@@ -97,17 +98,27 @@ def entry_view(e: EntryView) -> dict[str, Any]:
     }
 
 
-def receipt(reader: Reader, seq: int, tree_size: int, public_key: bytes) -> dict[str, Any]:
+def receipt(
+    reader: Reader, seq: int, tree_size: int, public_key: bytes, committed: object = None
+) -> dict[str, Any]:
     """Entry + inclusion proof + signed checkpoint: everything ``wallet_sdk.verify_receipt``
-    needs to check a payment offline with only the ledger's public key."""
-    found = reader.entry_at(seq)
-    signed = reader.checkpoint_at(tree_size)
-    assert found is not None and signed is not None, "a receipt names a committed checkpoint"
+    needs to check a payment offline with only the ledger's public key.
+
+    ``committed`` is ``OpResult.committed`` of the request that just made the entry: its
+    receipt then comes from the writer's memory; any other is read from the database."""
+    if isinstance(committed, CommittedBatch) and committed.proves(seq, tree_size):
+        body, signed = committed.body(seq), committed.checkpoint
+        proof = committed.inclusion_proof(seq)
+    else:
+        found = reader.entry_at(seq)
+        stored = reader.checkpoint_at(tree_size)
+        assert found is not None and stored is not None, "a receipt names a committed checkpoint"
+        body, signed, proof = found.body, stored, reader.inclusion_proof(seq, tree_size)
     return {
-        "entry": b64(found.body),
+        "entry": b64(body),
         "leaf_index": seq,
         "tree_size": tree_size,
-        "inclusion_proof": [b64(h) for h in reader.inclusion_proof(seq, tree_size)],
+        "inclusion_proof": [b64(h) for h in proof],
         "checkpoint": checkpoint_view(signed, public_key),
     }
 

@@ -144,5 +144,6 @@ def _outcome(
         "payment_order": service.view(order),
     }
     if reader is not None and item["result"] == "ok" and item["seq"] is not None:
-        out["receipt"] = receipt(reader, item["seq"], result.tree_size, service.ledger.public_key)
+        key = service.ledger.public_key
+        out["receipt"] = receipt(reader, item["seq"], result.tree_size, key, result.committed)
     return out

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from nacl.signing import SigningKey
 
-from ledger import entry
+from ledger import entry, merkle
 from ledger.domain import Account, AccountFlags, Transfer, TransferFlags
 from ledger.engine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Engine, State
 from ledger.journal import Journal, MerkleLog
@@ -84,7 +84,7 @@ def run_history(history: list[tuple[list[Spec], int]]) -> list[Any]:
     journal.prepare(out)
     for specs, ts in history:
         out = engine.execute([(OP_CREATE_TRANSFERS, [build(s) for s in specs], None)], ts)
-        rows = journal.prepare(out)
+        rows, _ = journal.prepare(out)
         observed.append(
             (
                 [int(c) for c in out.results[0].codes],
@@ -111,7 +111,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def open_accounts(self) -> None:
         accounts = [Account(a, CNY, 1, flags) for a, flags in ACCOUNTS]
         out = self.engine.execute([(OP_CREATE_ACCOUNTS, accounts, None)], self.now)
-        self._check_entries(out, self.journal.prepare(out))
+        self._check_entries(out, *self.journal.prepare(out))
         # the issuer funds every wallet so that money moves
         self._batch([(1000 + a, 1, a, 5_000, 0, 0, 0) for a, f in ACCOUNTS if f == DR_LIMIT], 1)
 
@@ -126,7 +126,7 @@ class LedgerMachine(RuleBasedStateMachine):
         out = self.engine.execute(
             [(OP_CREATE_TRANSFERS, [build(s) for s in specs], None)], self.now
         )
-        rows = self.journal.prepare(out)
+        rows, appended = self.journal.prepare(out)
         self.history.append((specs, self.now))
         self.used.extend(s[0] for s in specs)
         self.observed.append(
@@ -137,13 +137,16 @@ class LedgerMachine(RuleBasedStateMachine):
                 rows.checkpoint and (rows.checkpoint.root, rows.checkpoint.signature),
             )
         )
-        self._check_entries(out, rows)
+        self._check_entries(out, rows, appended)
 
-    def _check_entries(self, out: Any, rows: Any) -> None:
-        """The independent checker, fed only the entry bytes, agrees with the engine."""
+    def _check_entries(self, out: Any, rows: Any, appended: merkle.AppendedLeaves) -> None:
+        """The independent checker, fed only the entry bytes, agrees with the engine; every
+        entry's proof from the journal's memory verifies against the batch's signed root."""
         for seq, *_rest in rows.entries:
             body = _rest[6]
             self.replay.apply(seq, entry.decode(body))
+            proof = appended.inclusion_proof(seq)
+            assert merkle.verify_inclusion(body, seq, appended.size, proof, rows.checkpoint.root)
         for a in self.engine.state.accounts.values():
             assert tuple(self.replay.accounts[a.id].b) == a.balances(), a
 

@@ -40,7 +40,8 @@ async def create_payment(body: SignedPaymentIn, request: Request, reader: Reader
     transfers, result = await wallets.pay([_payment(body)])
     item = item_results(transfers, result)["results"][0]
     if item["result"] == "ok" and item["seq"] is not None:
-        item["receipt"] = receipt(reader, item["seq"], result.tree_size, wallets.ledger.public_key)
+        key = wallets.ledger.public_key
+        item["receipt"] = receipt(reader, item["seq"], result.tree_size, key, result.committed)
     return JSONResponse(item)
 
 
@@ -54,7 +55,9 @@ async def create_payments(body: PaymentBatch, request: Request, reader: ReaderDe
         key = wallets.ledger.public_key
         for item in out["results"]:
             if item["result"] == "ok" and item["seq"] is not None:
-                item["receipt"] = receipt(reader, item["seq"], result.tree_size, key)
+                item["receipt"] = receipt(
+                    reader, item["seq"], result.tree_size, key, result.committed
+                )
     return JSONResponse(out)
 
 
