@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -464,6 +465,86 @@ def credit_evaluate(
         f" {report['baseline_ks_mean']:8.3f}"
     )
     print(f"baseline: {report['baseline']}")
+
+
+@credit_app.command("card")
+def credit_card(
+    data: DataOpt,
+    target: TargetOpt,
+    bad: BadOpt,
+    protected: Annotated[
+        list[str],
+        typer.Option(
+            "--protected",
+            help="A protected attribute, kept out of the model and audited for fairness: "
+            "COLUMN (groups are its values) or COLUMN:THRESHOLD (below / at or above). Repeat "
+            "for several.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the card, plots and model.")],
+    basis: Annotated[
+        str,
+        typer.Option(
+            "--basis",
+            help="The data's consent or licence basis, quoted in the card.",
+        ),
+    ],
+    cutoff: Annotated[
+        float | None,
+        typer.Option(help="Approval cut-off. Default: approve the data's share of good."),
+    ] = None,
+) -> None:
+    """Build a scorecard and its model card: metrics with their spread, fairness across the
+    protected groups, stability, and ROC, score and calibration plots (OUT/model_card.md)."""
+    from ledger.credit.card import build
+    from ledger.credit.monitoring import Protected
+    from ledger.credit.scorecard import CreditDataError
+
+    labelled = _credit_data(data, target, bad)
+    try:
+        attributes = [Protected.parse(p) for p in protected]
+        with err.status("building the model card") as status:
+            report = build(
+                labelled, attributes, out, source=data.name, basis=basis, cutoff=cutoff,
+                command=shlex.join(["ledger", *sys.argv[1:]]),
+                progress=lambda step: status.update(step),
+            )  # fmt: skip
+    except CreditDataError as exc:
+        err.print(f"[red]error[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    cv = report["cross_validation"]
+    err.print(
+        f"{out / 'model_card.md'}: AUC {cv['auc_mean']:.3f} ± {cv['auc_std']:.3f} "
+        f"(baseline {cv['baseline_auc_mean']:.3f}), KS {cv['ks_mean']:.3f}; plots, model and "
+        f"report.json beside it",
+        soft_wrap=True,
+    )
+
+
+@credit_app.command("drift")
+def credit_drift(
+    model: Annotated[Path, typer.Option("--model", help="A model written by `credit train`.")],
+    baseline: Annotated[Path, typer.Option("--baseline", help="The population it was built on.")],
+    current: Annotated[Path, typer.Option("--current", help="The population to compare.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Population stability index per characteristic and on the score. Exits 1 when any shift
+    is significant (PSI > 0.25)."""
+    from ledger.credit.monitoring import PSI_SIGNIFICANT, drift
+    from ledger.credit.scorecard import CreditDataError, Scorecard, read_table
+
+    try:
+        table = drift(Scorecard.load(model), read_table(baseline), read_table(current))
+    except CreditDataError as exc:
+        err.print(f"[red]error[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if json_out:
+        print(json.dumps({"psi": table.to_dict("records")}))
+    else:
+        for row in table.itertuples():
+            print(f"{row.characteristic:55} {row.psi:7.3f}  {row.verdict}")
+    if (table.psi > PSI_SIGNIFICANT).any():
+        raise typer.Exit(1)
 
 
 def _write_secret(path: Path, secret: str) -> None:

@@ -49,7 +49,7 @@ logging.getLogger("__cvxpy__").addFilter(lambda r: "importing solver" not in r.g
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """optbinning's deprecation warnings (newer pandas) are not ours to act on."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"optbinning(\..*)?")
@@ -170,13 +170,14 @@ class Scorecard:
         )
         frame = data.features.copy()
         frame.columns = names
-        with _quiet():
+        with quiet():
             model.fit(frame, data.bad)
         return cls(model, data.target, data.bad_value, names)
 
     # -- using it ------------------------------------------------------------------------------
 
-    def _frame(self, features: pd.DataFrame) -> pd.DataFrame:
+    def select(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The model's columns of ``features`` (refused if any is missing)."""
         missing = [c for c in self.characteristics if c not in features.columns]
         if missing:
             raise CreditDataError(f"the data lacks the model's columns: {', '.join(missing)}")
@@ -184,25 +185,25 @@ class Scorecard:
 
     def score(self, features: pd.DataFrame) -> np.ndarray:
         """Each applicant's score: the sum of its points."""
-        with _quiet():
-            return np.asarray(self.model.score(self._frame(features)), dtype=float)
+        with quiet():
+            return np.asarray(self.model.score(self.select(features)), dtype=float)
 
     def probability_bad(self, features: pd.DataFrame) -> np.ndarray:
-        with _quiet():
-            risk = self.model.predict_proba(self._frame(features))[:, 1]
+        with quiet():
+            risk = self.model.predict_proba(self.select(features))[:, 1]
         return np.asarray(risk, dtype=float)
 
     def points(self, features: pd.DataFrame) -> pd.DataFrame:
         """Points per applicant and characteristic (only the characteristics the model kept)."""
-        with _quiet():
-            points = pd.DataFrame(self.model.transform(self._frame(features)))
+        with quiet():
+            points = pd.DataFrame(self.model.transform(self.select(features)))
         points.columns = [str(c) for c in points.columns]
         return points.set_axis(features.index)
 
     def table(self) -> pd.DataFrame:
         """The points table: characteristic, bin, points (and the bin's counts and WoE)."""
         columns = ["Variable", "Bin", "Count", "Event rate", "WoE", "Points"]
-        with _quiet():
+        with quiet():
             table = self.model.table(style="detailed")
         table = table[[c for c in columns if c in table.columns]].reset_index(drop=True)
         table["Bin"] = [_bin_text(b) for b in table["Bin"]]
@@ -214,7 +215,7 @@ class Scorecard:
 
     def best_points(self) -> dict[str, float]:
         if not self._best:
-            with _quiet():
+            with quiet():
                 table = self.model.table(style="summary")
             self._best = {
                 str(k): float(v) for k, v in table.groupby("Variable").Points.max().items()
@@ -224,10 +225,10 @@ class Scorecard:
     def reasons(self, features: pd.DataFrame, limit: int = REASONS_MAX) -> list[list[Reason]]:
         """Per applicant, up to ``limit`` characteristics that cost the most points against
         their best bin, largest loss first (none where an applicant is in every best bin)."""
-        frame = self._frame(features)
+        frame = self.select(features)
         points = self.points(frame)
         best = self.best_points()
-        with _quiet():  # the row of the points table each applicant falls in, as score() does
+        with quiet():  # the row of the points table each applicant falls in, as score() does
             rows = self.model.binning_process_.transform(
                 frame, metric="indices", metric_special="empirical", metric_missing="empirical"
             )
