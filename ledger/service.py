@@ -57,6 +57,8 @@ class LedgerService:
         self.public_key = bytes(key.verify_key)
         self.origin = origin
         self.committer = committer
+        self.clock_ns = clock_ns
+        """The ledger's clock (the sequencer stamps entries with it); tests may set it."""
         engine, journal = self._load()
         self.sequencer = Sequencer(
             engine,

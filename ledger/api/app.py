@@ -11,6 +11,7 @@ from ledger.api.routes import (
     accounts,
     api_keys,
     bank_accounts,
+    credit,
     issuance,
     journal,
     payments,
@@ -19,6 +20,7 @@ from ledger.api.routes import (
 )
 from ledger.api.wallet_auth import SeenRequests
 from ledger.auth import Authenticator
+from ledger.credit.consent import CreditData
 from ledger.service import LedgerService
 from ledger.store.queries import Reader
 from ledger.wallets.service import Wallets
@@ -41,10 +43,13 @@ def create_app(ledger: LedgerService, wallet_service: Wallets) -> FastAPI:
     app.state.authenticator = Authenticator(ledger.store.engine)
     app.state.wallets = wallet_service
     app.state.seen_requests = SeenRequests()
+    app.state.credit = CreditData(ledger, app.state.reader)
     install_error_handlers(app)
     # payments first: Starlette tries routes in order, and the busiest route should not pay
     # for matching every other one first
-    routers = (payments, accounts, transfers, journal, api_keys, issuance, bank_accounts, wallets)
+    routers = (
+        payments, accounts, transfers, journal, api_keys, issuance, bank_accounts, wallets, credit,
+    )  # fmt: skip
     for module in routers:
         app.include_router(module.router)
 

@@ -70,6 +70,9 @@ class Balance:
     credits_posted: int
 
 
+HISTORY_PAGE: Final = 1000
+
+
 class Reader:
     def __init__(self, engine: Engine, origin: str) -> None:
         self.engine = engine
@@ -140,6 +143,36 @@ class Reader:
         return [
             EntryView(seq, bytes(body), entry.decode(bytes(body))) for seq, body in rows[:limit]
         ]
+
+    def records(self, account_n: int, types: frozenset[str]) -> list[tuple[int, entry.RecordEntry]]:
+        """The journal records (kind 5) attached to an account, of these types, oldest first."""
+        rows = self._all(
+            "SELECT seq, body FROM journal_entries WHERE debit_n = :n AND kind = 5 ORDER BY seq",
+            n=account_n,
+        )
+        out = []
+        for seq, body in rows:
+            decoded = entry.decode(bytes(body))
+            if isinstance(decoded, entry.RecordEntry) and decoded.type in types:
+                out.append((seq, decoded))
+        return out
+
+    def transfers_since(self, account_n: int, since_ns: int) -> list[entry.TransferEntry]:
+        """Transfer entries touching an account with a timestamp after ``since_ns``, newest
+        first. Timestamps grow with seq, so the read walks back page by page and stops at the
+        first older entry: it costs the window, not the account's whole history."""
+        out: list[entry.TransferEntry] = []
+        cursor = 2**62
+        while True:
+            page = self.history(account_n, HISTORY_PAGE, cursor)
+            for view in page:
+                if view.entry.timestamp <= since_ns:
+                    return out
+                if isinstance(view.entry, entry.TransferEntry):
+                    out.append(view.entry)
+            if len(page) < HISTORY_PAGE:
+                return out
+            cursor = page[-1].seq
 
     def balance_as_of(self, account_n: int, seq: int) -> Balance | None:
         """Balances right after entry ``seq`` (or the last entry before it touching the account);

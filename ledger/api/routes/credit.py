@@ -1,0 +1,132 @@
+"""Consent to credit assessment and the cash-flow features it allows (``ledger.credit``).
+
+A borrower's wallet grants and revokes consents by signing its own requests; a lender (an
+operator's API key) reads the borrower's aggregated features under a live consent it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from ledger.api.errors import APIError
+from ledger.api.models import Id128, _Strict, parse_id
+from ledger.api.wallet_auth import Access, authenticate, require_operator
+from ledger.credit.consent import (
+    CONSENT_DAYS_MAX,
+    PURPOSE_CREDIT,
+    WINDOW_DAYS_MAX,
+    ConsentError,
+    CreditData,
+)
+
+router = APIRouter(prefix="/v1/credit", tags=["credit"])
+AccessDep = Annotated[Access, Depends(authenticate)]
+
+
+class ConsentCreate(_Strict):
+    lender: str = Field(min_length=1, max_length=64, description="The lending operator.")
+    purpose: str = Field(default=PURPOSE_CREDIT, max_length=64)
+    accounts: list[Id128] = Field(
+        default_factory=list, max_length=16, description="Default: the borrower's wallet."
+    )
+    window_days: int = Field(default=365, strict=True, ge=1, le=WINDOW_DAYS_MAX)
+    expires_at_ms: int = Field(
+        strict=True, description=f"At most {CONSENT_DAYS_MAX} days ahead; revocable before."
+    )
+
+
+def _credit(request: Request) -> CreditData:
+    credit: CreditData = request.app.state.credit
+    return credit
+
+
+def _id(value: str, param: str, code: str) -> int:
+    try:
+        return parse_id(value)
+    except ValueError:
+        raise APIError(404, code, f"no such {param.removesuffix('_id')}", param) from None
+
+
+def _refuse(exc: ConsentError) -> APIError:
+    return APIError(exc.status, exc.code, exc.message, exc.param)
+
+
+def _borrower(access: Access, wallet_id: str) -> int:
+    """The wallet acting on its own consents: it must sign the request itself."""
+    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    if access.wallet_id != borrower:
+        raise APIError(
+            403, "borrower_signature_required",
+            "only the borrower's wallet grants, lists or revokes its consents: sign the request "
+            "with its key", "wallet_id",
+        )  # fmt: skip
+    return borrower
+
+
+@router.post("/borrowers/{wallet_id}/consents", status_code=201)
+async def grant_consent(
+    wallet_id: str, body: ConsentCreate, access: AccessDep, request: Request
+) -> Any:
+    """Grant a lender a consent to assess credit from this wallet's flows (signed by it)."""
+    borrower = _borrower(access, wallet_id)
+    try:
+        consent = await _credit(request).grant(
+            borrower, body.lender, body.purpose, body.accounts, body.window_days,
+            body.expires_at_ms,
+        )  # fmt: skip
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+    return JSONResponse(consent.view(_credit(request).now_ms()), status_code=201)
+
+
+@router.get("/borrowers/{wallet_id}/consents")
+def list_consents(wallet_id: str, access: AccessDep, request: Request) -> Any:
+    """The borrower's consents (signed by the wallet); a lender sees those granted to it."""
+    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    if access.wallet_id is not None and access.wallet_id != borrower:
+        raise APIError(404, "wallet_not_found", "no such wallet", "wallet_id")
+    lender = None if access.wallet_id == borrower else require_operator(access).operator
+    try:
+        found = _credit(request).consents(borrower)
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+    now = _credit(request).now_ms()
+    data = [c.view(now) for c in found.values() if lender is None or c.lender == lender]
+    return {"data": data}
+
+
+@router.post("/borrowers/{wallet_id}/consents/{consent_id}/revoke")
+async def revoke_consent(
+    wallet_id: str, consent_id: str, access: AccessDep, request: Request
+) -> Any:
+    """Revoke a consent at once (signed by the borrower). Revoking twice changes nothing."""
+    borrower = _borrower(access, wallet_id)
+    cid = _id(consent_id, "consent_id", "consent_not_found")
+    try:
+        consent = await _credit(request).revoke(borrower, cid)
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+    return consent.view(_credit(request).now_ms())
+
+
+@router.get("/borrowers/{wallet_id}/features")
+async def read_features(
+    wallet_id: str,
+    access: AccessDep,
+    request: Request,
+    consent_id: Annotated[str, Query(description="The consent the borrower granted you.")],
+    purpose: Annotated[str, Query(max_length=64)] = PURPOSE_CREDIT,
+) -> Any:
+    """The borrower's aggregated cash-flow features, for the lender holding a live consent.
+    The read (who, what, under which consent) is journaled before anything is computed."""
+    principal = require_operator(access)
+    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    cid = _id(consent_id, "consent_id", "consent_not_found")
+    try:
+        return await _credit(request).features(borrower, cid, principal.operator, purpose)
+    except ConsentError as exc:
+        raise _refuse(exc) from None

@@ -1,0 +1,265 @@
+"""Consent to credit assessment, and the reads it allows (PIPL-style).
+
+A borrower (a wallet, signing its own request) grants a lender (an operator) a consent for one
+purpose, over a scope (its wallet and sub-wallets, a trailing window of days) until an expiry;
+it may revoke it at any time. Consents are journal records attached to the borrower's wallet
+(``credit_consent_granted``, ``credit_consent_revoked``): signed and append-only like every
+entry, and separate from any other consent. A consent's state is the fold of those records, so
+it survives restarts and ``ledger verify`` covers it.
+
+Without a live consent for the asking lender and the stated purpose, no feature of the borrower
+is computed. Every read is first written to the journal (``credit_data_read``: who, which
+features, under which consent); only then are the features computed, and only aggregates are
+returned, never transactions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ledger.credit.features import DAY_NS, Flow, merchant_features
+from ledger.domain import AuditRecord, TransferFlags
+from ledger.engine import OP_RECORDS
+from ledger.service import LedgerService
+from ledger.store.queries import Reader
+from ledger.wallets.service import OperatorAccounts
+
+PURPOSE_CREDIT: Final = "credit_assessment"
+PURPOSES: Final = frozenset({PURPOSE_CREDIT})
+GRANTED: Final = "credit_consent_granted"
+REVOKED: Final = "credit_consent_revoked"
+READ: Final = "credit_data_read"
+WINDOW_DAYS_MAX: Final = 730
+CONSENT_DAYS_MAX: Final = 366
+_SKIP_FLAGS: Final = int(TransferFlags.PENDING | TransferFlags.VOID_PENDING)
+
+
+class ConsentError(Exception):
+    """A consent or a read refused: ``status`` and ``code`` for the API's error shape."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.param = status, code, message, param
+
+
+@dataclass(slots=True)
+class Consent:
+    id: int
+    borrower: int
+    lender: str
+    purpose: str
+    accounts: list[int]
+    window_days: int
+    expires_at_ms: int
+    granted_ms: int
+    revoked_ms: int | None = None
+    reads: int = 0
+    journal: list[int] = field(default_factory=list)
+    """Sequence numbers of the records that made this state."""
+
+    def status(self, now_ms: int) -> str:
+        if self.revoked_ms is not None:
+            return "revoked"
+        return "expired" if now_ms >= self.expires_at_ms else "active"
+
+    def view(self, now_ms: int) -> dict[str, Any]:
+        return {
+            "id": str(uuid.UUID(int=self.id)),
+            "borrower": str(uuid.UUID(int=self.borrower)),
+            "lender": self.lender,
+            "purpose": self.purpose,
+            "accounts": [str(uuid.UUID(int=a)) for a in self.accounts],
+            "window_days": self.window_days,
+            "expires_at_ms": self.expires_at_ms,
+            "granted_ms": self.granted_ms,
+            "revoked_ms": self.revoked_ms,
+            "status": self.status(now_ms),
+            "reads": self.reads,
+            "journal_seqs": self.journal,
+        }
+
+
+class CreditData:
+    """Consents and the feature reads they allow, on a running ledger."""
+
+    def __init__(self, ledger: LedgerService, reader: Reader) -> None:
+        self.ledger, self.reader = ledger, reader
+
+    def now_ms(self) -> int:
+        """The ledger's clock: consents expire, and windows end, by the time entries carry."""
+        return self.ledger.clock_ns() // 1_000_000
+
+    def _account_n(self, wallet_id: int) -> int:
+        account = self.ledger.sequencer.engine.state.accounts.get(wallet_id)
+        if account is None or account.wallet is None:
+            raise ConsentError(404, "wallet_not_found", "no such wallet", "borrower")
+        return account.n
+
+    async def _record(self, type_: str, payload: dict[str, object]) -> None:
+        result = await self.ledger.execute(OP_RECORDS, [AuditRecord(type_, payload)])
+        if result.codes != [0]:
+            raise ConsentError(404, "wallet_not_found", "no such wallet", "borrower")
+
+    # -- consents ---------------------------------------------------------------------------
+
+    def consents(self, borrower: int) -> dict[int, Consent]:
+        """Every consent the borrower granted, with its state, from the journal."""
+        found: dict[int, Consent] = {}
+        records = self.reader.records(
+            self._account_n(borrower), frozenset({GRANTED, REVOKED, READ})
+        )
+        for seq, rec in records:
+            data = rec.data()
+            cid = uuid.UUID(str(data["consent"])).int
+            at_ms = rec.timestamp // 1_000_000
+            if rec.type == GRANTED:
+                found[cid] = Consent(
+                    cid, borrower, str(data["lender"]), str(data["purpose"]),
+                    [uuid.UUID(str(a)).int for a in data["accounts"]],  # type: ignore[attr-defined]
+                    int(data["window_days"]), int(data["expires_at_ms"]), at_ms,  # type: ignore[call-overload]
+                )  # fmt: skip
+            elif cid in found:
+                consent = found[cid]
+                if rec.type == REVOKED and consent.revoked_ms is None:
+                    consent.revoked_ms = at_ms
+                elif rec.type == READ:
+                    consent.reads += 1
+            if cid in found:
+                found[cid].journal.append(seq)
+        return found
+
+    def consent(self, borrower: int, consent_id: int) -> Consent:
+        found = self.consents(borrower).get(consent_id)
+        if found is None:
+            raise ConsentError(404, "consent_not_found", "no such consent", "consent_id")
+        return found
+
+    async def grant(
+        self,
+        borrower: int,
+        lender: str,
+        purpose: str,
+        accounts: list[int],
+        window_days: int,
+        expires_at_ms: int,
+    ) -> Consent:
+        state = self.ledger.sequencer.engine.state
+        wallet = state.accounts[borrower].wallet if borrower in state.accounts else None
+        if wallet is None:
+            raise ConsentError(404, "wallet_not_found", "no such wallet", "borrower")
+        if purpose not in PURPOSES:
+            raise ConsentError(
+                422, "purpose_invalid", f"the purposes are: {', '.join(sorted(PURPOSES))}",
+                "purpose",
+            )  # fmt: skip
+        if OperatorAccounts.of(lender).float not in state.accounts:
+            raise ConsentError(422, "lender_not_found", "no such operator", "lender")
+        for account in accounts or [borrower]:
+            other = state.accounts.get(account)
+            owned = other is not None and other.wallet is not None and (
+                account == borrower or other.wallet.parent == borrower
+            )  # fmt: skip
+            if not owned:
+                raise ConsentError(
+                    422, "account_not_yours",
+                    "a consent covers the borrower's own wallet and sub-wallets only", "accounts",
+                )  # fmt: skip
+        if not 1 <= window_days <= WINDOW_DAYS_MAX:
+            raise ConsentError(
+                422, "window_invalid", f"window_days is 1..{WINDOW_DAYS_MAX}", "window_days"
+            )
+        now = self.now_ms()
+        if not now < expires_at_ms <= now + CONSENT_DAYS_MAX * 86_400_000:
+            raise ConsentError(
+                422, "expiry_invalid",
+                f"expires_at_ms must be in the future, at most {CONSENT_DAYS_MAX} days ahead",
+                "expires_at_ms",
+            )  # fmt: skip
+        cid = uuid.uuid4().int
+        covered = accounts or [borrower]
+        await self._record(
+            GRANTED,
+            {
+                "wallet": str(uuid.UUID(int=borrower)),
+                "consent": str(uuid.UUID(int=cid)),
+                "lender": lender,
+                "purpose": purpose,
+                "accounts": [str(uuid.UUID(int=a)) for a in covered],
+                "window_days": window_days,
+                "expires_at_ms": expires_at_ms,
+            },
+        )
+        return self.consent(borrower, cid)
+
+    async def revoke(self, borrower: int, consent_id: int) -> Consent:
+        consent = self.consent(borrower, consent_id)
+        if consent.revoked_ms is None:
+            payload: dict[str, object] = {
+                "wallet": str(uuid.UUID(int=borrower)),
+                "consent": str(uuid.UUID(int=consent_id)),
+            }
+            await self._record(REVOKED, payload)
+        return self.consent(borrower, consent_id)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _live(self, borrower: int, consent_id: int, lender: str, purpose: str) -> Consent:
+        consent = self.consent(borrower, consent_id)
+        if consent.lender != lender:  # another lender's consent is no consent at all
+            raise ConsentError(404, "consent_not_found", "no such consent", "consent_id")
+        status = consent.status(self.now_ms())
+        if status != "active":
+            raise ConsentError(403, f"consent_{status}", f"the consent is {status}", "consent_id")
+        if purpose != consent.purpose:
+            raise ConsentError(
+                403, "purpose_not_consented",
+                f"the consent is for {consent.purpose}, not {purpose}", "purpose",
+            )  # fmt: skip
+        return consent
+
+    async def features(
+        self, borrower: int, consent_id: int, lender: str, purpose: str
+    ) -> dict[str, Any]:
+        """The borrower's cash-flow features for ``lender``, if a live consent allows it. The
+        read is journaled before anything is computed."""
+        consent = self._live(borrower, consent_id, lender, purpose)
+        now_ns = self.ledger.clock_ns()
+        await self._record(
+            READ,
+            {
+                "wallet": str(uuid.UUID(int=borrower)),
+                "consent": str(uuid.UUID(int=consent_id)),
+                "lender": lender,
+                "purpose": purpose,
+                "what": "cash_flow_features",
+                "window_days": consent.window_days,
+            },
+        )
+        state = self.ledger.sequencer.engine.state
+        since = now_ns - consent.window_days * DAY_NS  # nothing older than the consent allows
+        flows: list[Flow] = []
+        balance, opened = 0, now_ns
+        for account_id in consent.accounts:
+            account = state.accounts.get(account_id)
+            if account is None:
+                continue
+            balance += account.credits_posted - account.debits_posted
+            opened = min(opened, account.timestamp)
+            for t in self.reader.transfers_since(account.n, since):
+                if t.flags & _SKIP_FLAGS:
+                    continue
+                incoming = t.credit_account_id == account_id
+                other = t.debit_account_id if incoming else t.credit_account_id
+                if other in consent.accounts:
+                    continue  # moves between the borrower's own wallets are not cash flow
+                flows.append(Flow(t.timestamp, t.amount, incoming, other, t.code))
+        values = merchant_features(flows, now_ns, opened, balance)
+        return {
+            "borrower": str(uuid.UUID(int=borrower)),
+            "consent": str(uuid.UUID(int=consent_id)),
+            "as_of_ms": now_ns // 1_000_000,
+            "window_days": consent.window_days,
+            "features": values,
+        }
