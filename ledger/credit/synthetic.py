@@ -1,0 +1,87 @@
+"""A seeded synthetic pilot: merchants whose hidden "health" drives their takings.
+
+``plan`` is pure. Each merchant gets a health in (0, 1), drawn from Beta(2, 2) and never
+published. Health drives:
+- how many customers pay it each day (Poisson, 1 + 7 * health a day);
+- how large the tickets are (log-normal around 30 CNY, larger when healthier);
+- how loyal its customers are: the share of sales from its regulars is 0.2 + 0.6 * health;
+- whether a shock hits: with probability 0.7 * (1 - health), sales fall to 30 % from a day in
+  the second half of the run;
+- whether it eventually defaults: a logistic function of health, more likely after a shock.
+
+``sales`` turns the plan into the payments to make; the tests write them into a real ledger as
+signed wallet payments, day by day, and check that the cash-flow features recover the signal.
+Refunds are not generated yet: they go through the merchant API, which this module does not use.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Final
+
+REGULARS: Final = 6
+TICKET_FEN: Final = 3_000
+TICKET_MIN: Final = 100
+TICKET_MAX: Final = 20_000
+SHOCK_FACTOR: Final = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    health: float
+    shock_day: int | None
+    defaulted: bool
+    regulars: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sale:
+    day: int
+    merchant: int
+    customer: int
+    amount: int
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    """Knuth's method: fine for the small daily rates here."""
+    limit, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def plan(merchants: int, customers: int, days: int, seed: int) -> list[Merchant]:
+    """The hidden truth of ``merchants`` shops served by ``customers`` customers."""
+    if merchants < 1 or customers < REGULARS or days < 2:
+        raise ValueError(f"need merchants >= 1, customers >= {REGULARS}, days >= 2")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(merchants):
+        health = rng.betavariate(2, 2)
+        shocked = rng.random() < 0.7 * (1 - health)
+        shock_day = rng.randrange(days // 2, days) if shocked else None
+        risk = 1 / (1 + math.exp(8 * (health - 0.35))) + (0.25 if shocked else 0.0)
+        regulars = tuple(rng.sample(range(customers), REGULARS))
+        out.append(Merchant(health, shock_day, rng.random() < risk, regulars))
+    return out
+
+
+def sales(truth: list[Merchant], customers: int, days: int, seed: int) -> list[Sale]:
+    """Every sale of the run, day by day (a separate stream from ``plan``'s, same seed)."""
+    rng = random.Random(seed + 1)
+    out = []
+    for day in range(days):
+        for m, merchant in enumerate(truth):
+            rate = 1 + 7 * merchant.health
+            if merchant.shock_day is not None and day >= merchant.shock_day:
+                rate *= SHOCK_FACTOR
+            for _ in range(_poisson(rng, rate)):
+                loyal = rng.random() < 0.2 + 0.6 * merchant.health
+                customer = rng.choice(merchant.regulars) if loyal else rng.randrange(customers)
+                ticket = rng.lognormvariate(math.log(TICKET_FEN) + 0.4 * merchant.health, 0.5)
+                out.append(Sale(day, m, customer, int(min(TICKET_MAX, max(TICKET_MIN, ticket)))))
+    return out
