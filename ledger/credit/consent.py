@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ledger.credit.features import DAY_NS, Flow, merchant_features
+from ledger.credit.features import DAY_NS, Flow, individual_features, merchant_features
 from ledger.domain import AuditRecord, TransferFlags
 from ledger.engine import OP_RECORDS
 from ledger.service import LedgerService
@@ -255,7 +255,10 @@ class CreditData:
                 if other in consent.accounts:
                     continue  # moves between the borrower's own wallets are not cash flow
                 flows.append(Flow(t.timestamp, t.amount, incoming, other, t.code))
-        values = merchant_features(flows, now_ns, opened, balance)
+        values = {
+            **merchant_features(flows, now_ns, opened, balance),
+            **individual_features(flows, now_ns, balance),
+        }
         return {
             "borrower": str(uuid.UUID(int=borrower)),
             "consent": str(uuid.UUID(int=consent_id)),

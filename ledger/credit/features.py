@@ -1,4 +1,5 @@
-"""Cash-flow features of a borrower, from its ledger flows: pure functions, no I/O.
+"""Cash-flow features of a borrower (merchant or individual), from its ledger flows: pure
+functions, no I/O.
 
 Only these aggregates leave the ledger for credit scoring, never the transactions themselves.
 Windows are trailing 30, 90 and 365 days up to ``now``; days are China Standard Time days
@@ -100,7 +101,31 @@ def merchant_features(
     inflow = sum(f.amount for f in quarter if f.incoming)
     outflow = sum(f.amount for f in quarter if not f.incoming)
     out["inflow_outflow_ratio_90d"] = _ratio(inflow, outflow)
-    out["spend_income_ratio_90d"] = _ratio(outflow, inflow)
     daily_outflow = outflow / 90
     out["balance_buffer_days"] = _ratio(balance_fen, daily_outflow)
     return out
+
+
+def individual_features(
+    flows: Sequence[Flow], now_ns: int, balance_fen: int
+) -> dict[str, float | None]:
+    """Regularity of income (the coefficient of variation of income over the last three
+    30-day months: 0 is the same every month), spend/income ratio and the lowest balance over
+    the last 90 days (walked back from today's balance through the flows)."""
+    months = [
+        sum(f.amount for f in _within(flows, now_ns, 30 * (k + 1), 30 * k) if f.incoming)
+        for k in range(3)
+    ]
+    mean = statistics.fmean(months)
+    quarter = _within(flows, now_ns, 90, 0)
+    inflow = sum(f.amount for f in quarter if f.incoming)
+    outflow = sum(f.amount for f in quarter if not f.incoming)
+    lowest = balance = balance_fen
+    for f in sorted(quarter, key=lambda f: f.timestamp_ns, reverse=True):
+        balance += -f.amount if f.incoming else f.amount  # the balance just before this flow
+        lowest = min(lowest, balance)
+    return {
+        "income_regularity_90d": statistics.pstdev(months) / mean if mean else None,
+        "spend_income_ratio_90d": _ratio(outflow, inflow),
+        "min_balance_90d": float(lowest),
+    }
