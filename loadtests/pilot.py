@@ -31,7 +31,6 @@ from loadtests import common
 from loadtests.common import PilotShape, new_id, record
 from loadtests.seed import Merchant, Seed, signed_payment
 from wallet_sdk import WalletKeys, qr, verify_receipt
-from wallet_sdk._client import _qr_order_id, _qr_payee  # what pay_qr reads from a code
 
 __all__ = ["MerchantUser", "OperatorUser", "PilotShape", "ShopperUser"]
 
@@ -166,7 +165,7 @@ class ShopperUser(LedgerUser):
             if order is None:
                 return
         scanned = qr.parse(order["qr_code"])
-        order_id, payee = _qr_order_id(scanned), _qr_payee(scanned)
+        order_id, payee = qr.ecny_order_id(scanned), qr.ecny_payee(scanned)
         assert order_id is not None and scanned.amount_fen is not None
         expires = time.time_ns() // 1_000_000 + 120_000
         auth = keys.sign_payment(

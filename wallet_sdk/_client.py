@@ -27,7 +27,6 @@ shows this wallet paid the order, returns that payment (``replayed=True``), veri
 from __future__ import annotations
 
 import base64
-import string
 import threading
 import time
 import uuid
@@ -56,6 +55,7 @@ from wallet_sdk._errors import (
 from wallet_sdk._transport import AsyncTransport, Call, RetryPolicy, SyncTransport
 from wallet_sdk.keys import WalletKeys, wallet_id_int
 from wallet_sdk.money import Money, amount_fen
+from wallet_sdk.qr import ECNY_QR_GUID
 from wallet_sdk.receipts import (
     CheckpointTracker,
     check_receipt,
@@ -85,13 +85,6 @@ EXPIRES_IN_S_MAX: Final = 86_400
 TRACK_ATTEMPTS_MAX: Final = 5
 """Rounds of "fetch a consistency proof" before giving up when other calls on the same client
 keep moving its remembered checkpoint."""
-ECNY_QR_GUID: Final = "cn.ecny.ledger"
-"""The globally unique identifier (sub-tag 00) of the merchant account template (tags 26-51)
-in an EMVCo QR code that names an e-CNY ledger wallet: sub-tag 01 is the payee wallet's UUID.
-``qr.encode(merchant_account={"26": {"00": ECNY_QR_GUID, "01": wallet_id}}, ...)``."""
-ORDER_REFERENCE_CHARS: Final = 22
-"""Length of an order reference (62/05) on an e-CNY code: a 16-byte order id, base64url."""
-_BASE64URL: Final = frozenset(string.ascii_letters + string.digits + "-_")
 _UUID7_VERSION: Final = 7
 
 
@@ -213,37 +206,6 @@ def _transfer_result(item: dict[str, Any], what: str, id: str | None = None) -> 
         item.get("seq"),
         item.get("timestamp"),
     )
-
-
-def _qr_payee(scanned: qr.MerchantQR) -> str:
-    """The payee wallet named by an e-CNY merchant QR code (see :data:`ECNY_QR_GUID`)."""
-    if scanned.currency != "156":
-        raise qr.QRCodeError(f"the QR code asks for currency {scanned.currency}, not CNY (156)")
-    for template in scanned.merchant_account_information.values():
-        if isinstance(template, dict) and template.get("00") == ECNY_QR_GUID:
-            payee = template.get("01")
-            try:
-                return str(uuid.UUID(str(payee)))
-            except ValueError:
-                raise qr.QRCodeError(f"the QR code's payee {payee!r} is not a wallet id") from None
-    raise qr.QRCodeError(
-        f"not an e-CNY ledger QR code: no merchant account template with GUID {ECNY_QR_GUID!r}"
-    )
-
-
-def _qr_order_id(scanned: qr.MerchantQR) -> int | None:
-    """The payment order an e-CNY code is for: 62/05 holding the order's 16-byte id as
-    :data:`ORDER_REFERENCE_CHARS` characters of unpadded base64url (the merchant API's
-    ``order_reference``). None for a static code, or a reference label of the merchant's own."""
-    reference = scanned.reference_label
-    if reference is None or len(reference) != ORDER_REFERENCE_CHARS:
-        return None
-    if not set(reference) <= _BASE64URL:
-        return None
-    raw = base64.urlsafe_b64decode(reference + "==")
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != reference:
-        return None  # stray bits in the last character: not an id the merchant API wrote
-    return int.from_bytes(raw, "big") or None
 
 
 def _qr_amount(scanned: qr.MerchantQR, amount: Money | int | None) -> int:
@@ -517,8 +479,8 @@ class _Operations:
         payment_id: str | int | uuid.UUID | None,
     ) -> Op[Payment]:
         scanned = qr.parse(payload)
-        payee, fen = _qr_payee(scanned), _qr_amount(scanned, amount)
-        order_id = _qr_order_id(scanned)
+        payee, fen = qr.ecny_payee(scanned), _qr_amount(scanned, amount)
+        order_id = qr.ecny_order_id(scanned)
         if order_id is not None:
             if metadata:
                 raise ValueError("an order's payment carries no metadata: its id is the order's")

@@ -13,18 +13,25 @@ integer fen (1/100 of the currency unit).
 
 from __future__ import annotations
 
+import base64
+import string
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
 __all__ = [
     "AMOUNT_MAX_CHARS",
+    "ECNY_QR_GUID",
     "MERCHANT_CITY_MAX_CHARS",
     "MERCHANT_NAME_MAX_CHARS",
+    "ORDER_REFERENCE_CHARS",
     "PAYLOAD_MAX_CHARS",
     "MerchantQR",
     "QRCodeError",
     "crc16_ccitt_false",
+    "ecny_order_id",
+    "ecny_payee",
     "encode",
     "parse",
 ]
@@ -401,3 +408,45 @@ def encode(
     if len(payload) > PAYLOAD_MAX_CHARS:
         raise QRCodeError(f"payload too long: {len(payload)} > {PAYLOAD_MAX_CHARS} characters")
     return payload
+
+
+# --- e-CNY ledger codes: what a wallet reads from a scanned code ---------------------------------
+
+ECNY_QR_GUID: Final = "cn.ecny.ledger"
+"""The globally unique identifier (sub-tag 00) of the merchant account template (tags 26-51)
+in an EMVCo QR code that names an e-CNY ledger wallet: sub-tag 01 is the payee wallet's UUID.
+``qr.encode(merchant_account={"26": {"00": ECNY_QR_GUID, "01": wallet_id}}, ...)``."""
+ORDER_REFERENCE_CHARS: Final = 22
+"""Length of an order reference (62/05) on an e-CNY code: a 16-byte order id, base64url."""
+_BASE64URL: Final = frozenset(string.ascii_letters + string.digits + "-_")
+
+
+def ecny_payee(scanned: MerchantQR) -> str:
+    """The payee wallet named by an e-CNY merchant QR code (see :data:`ECNY_QR_GUID`)."""
+    if scanned.currency != "156":
+        raise QRCodeError(f"the QR code asks for currency {scanned.currency}, not CNY (156)")
+    for template in scanned.merchant_account_information.values():
+        if isinstance(template, dict) and template.get("00") == ECNY_QR_GUID:
+            payee = template.get("01")
+            try:
+                return str(uuid.UUID(str(payee)))
+            except ValueError:
+                raise QRCodeError(f"the QR code's payee {payee!r} is not a wallet id") from None
+    raise QRCodeError(
+        f"not an e-CNY ledger QR code: no merchant account template with GUID {ECNY_QR_GUID!r}"
+    )
+
+
+def ecny_order_id(scanned: MerchantQR) -> int | None:
+    """The payment order an e-CNY code is for: 62/05 holding the order's 16-byte id as
+    :data:`ORDER_REFERENCE_CHARS` characters of unpadded base64url (the merchant API's
+    ``order_reference``). None for a static code, or a reference label of the merchant's own."""
+    reference = scanned.reference_label
+    if reference is None or len(reference) != ORDER_REFERENCE_CHARS:
+        return None
+    if not set(reference) <= _BASE64URL:
+        return None
+    raw = base64.urlsafe_b64decode(reference + "==")
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != reference:
+        return None  # stray bits in the last character: not an id the merchant API wrote
+    return int.from_bytes(raw, "big") or None

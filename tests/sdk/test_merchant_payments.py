@@ -34,7 +34,6 @@ from wallet_sdk import (
     qr,
     verify_receipt,
 )
-from wallet_sdk._client import _qr_order_id
 
 # ================================================================================================
 # A running ledger with one onboarded merchant, and wallets to pay it
@@ -379,7 +378,7 @@ def _code_with_reference(reference: str | None, *, amount_fen: int | None = 100)
 
 @pytest.mark.parametrize("order_id", [1, uuid.uuid4().int, (1 << 128) - 1])
 def test_an_order_reference_reads_back_as_the_merchant_apis_order_id(order_id: int) -> None:
-    assert _qr_order_id(_code_with_reference(order_reference(order_id))) == order_id
+    assert qr.ecny_order_id(_code_with_reference(order_reference(order_id))) == order_id
 
 
 @pytest.mark.parametrize(
@@ -394,4 +393,4 @@ def test_an_order_reference_reads_back_as_the_merchant_apis_order_id(order_id: i
     ],
 )
 def test_anything_else_is_not_an_order(reference: str | None) -> None:
-    assert _qr_order_id(_code_with_reference(reference)) is None
+    assert qr.ecny_order_id(_code_with_reference(reference)) is None
