@@ -379,11 +379,15 @@ def credit_train(
     """Fit a scorecard: optimal monotonic WoE bins, logistic regression, points (600 at 50:1
     good:bad odds, 20 points to double them). Writes MODEL and its points table
     MODEL.points.csv."""
-    from ledger.credit.scorecard import Scorecard, points_table_path
+    from ledger.credit.scorecard import CreditDataError, Scorecard, points_table_path
 
     labelled = _credit_data(data, target, bad)
-    with err.status(f"training on {len(labelled.bad):,} applicants"):
-        card = Scorecard.train(labelled)
+    try:
+        with err.status(f"training on {len(labelled.bad):,} applicants"):
+            card = Scorecard.train(labelled)
+    except CreditDataError as exc:
+        err.print(f"[red]error[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
     card.save(out)
     kept = card.kept()
     err.print(
@@ -519,6 +523,26 @@ def credit_card(
         f"report.json beside it",
         soft_wrap=True,
     )
+
+
+@credit_app.command("synth")
+def credit_synth(
+    out: Annotated[Path, typer.Option("--out", help="CSV to write.")],
+    merchants: Annotated[int, typer.Option(min=1, max=100_000)] = 1000,
+    customers: Annotated[int, typer.Option(min=10, max=1_000_000)] = 3000,
+    days: Annotated[int, typer.Option(min=2, max=730)] = 365,
+    seed: int = 1,
+) -> None:
+    """A seeded synthetic pilot (ledger/credit/synthetic.py): one row of cash-flow features
+    per merchant and whether it defaulted, for `credit train --target defaulted --bad yes`."""
+    from ledger.credit import synthetic
+
+    with err.status(f"{merchants:,} merchants over {days} days"):
+        truth = synthetic.plan(merchants, customers, days, seed)
+        table = synthetic.features_table(truth, synthetic.sales(truth, customers, days, seed), days)
+    table.to_csv(out, index=False)
+    bad = int((table.defaulted == "yes").sum())
+    err.print(f"{out}: {len(table):,} merchants, {bad:,} defaulted", soft_wrap=True)
 
 
 @credit_app.command("drift")

@@ -22,6 +22,7 @@ from typing import Any, Final
 from ledger.credit.features import DAY_NS, Flow, individual_features, merchant_features
 from ledger.domain import AuditRecord, TransferFlags
 from ledger.engine import OP_RECORDS
+from ledger.entry import RecordEntry
 from ledger.service import LedgerService
 from ledger.store.queries import Reader
 from ledger.wallets.service import OperatorAccounts
@@ -97,10 +98,16 @@ class CreditData:
             raise ConsentError(404, "wallet_not_found", "no such wallet", "borrower")
         return account.n
 
-    async def _record(self, type_: str, payload: dict[str, object]) -> None:
-        result = await self.ledger.execute(OP_RECORDS, [AuditRecord(type_, payload)])
+    async def record(self, borrower: int, type_: str, payload: dict[str, object]) -> None:
+        """Journal a record on the borrower's wallet (its history holds it)."""
+        record = AuditRecord(type_, {"wallet": str(uuid.UUID(int=borrower)), **payload})
+        result = await self.ledger.execute(OP_RECORDS, [record])
         if result.codes != [0]:
             raise ConsentError(404, "wallet_not_found", "no such wallet", "borrower")
+
+    def records(self, borrower: int, types: frozenset[str]) -> list[tuple[int, RecordEntry]]:
+        """The borrower's journal records of these types, oldest first."""
+        return self.reader.records(self._account_n(borrower), types)
 
     # -- consents ---------------------------------------------------------------------------
 
@@ -179,10 +186,10 @@ class CreditData:
             )  # fmt: skip
         cid = uuid.uuid4().int
         covered = accounts or [borrower]
-        await self._record(
+        await self.record(
+            borrower,
             GRANTED,
             {
-                "wallet": str(uuid.UUID(int=borrower)),
                 "consent": str(uuid.UUID(int=cid)),
                 "lender": lender,
                 "purpose": purpose,
@@ -196,11 +203,7 @@ class CreditData:
     async def revoke(self, borrower: int, consent_id: int) -> Consent:
         consent = self.consent(borrower, consent_id)
         if consent.revoked_ms is None:
-            payload: dict[str, object] = {
-                "wallet": str(uuid.UUID(int=borrower)),
-                "consent": str(uuid.UUID(int=consent_id)),
-            }
-            await self._record(REVOKED, payload)
+            await self.record(borrower, REVOKED, {"consent": str(uuid.UUID(int=consent_id))})
         return self.consent(borrower, consent_id)
 
     # -- reads ------------------------------------------------------------------------------
@@ -226,10 +229,10 @@ class CreditData:
         read is journaled before anything is computed."""
         consent = self._live(borrower, consent_id, lender, purpose)
         now_ns = self.ledger.clock_ns()
-        await self._record(
+        await self.record(
+            borrower,
             READ,
             {
-                "wallet": str(uuid.UUID(int=borrower)),
                 "consent": str(uuid.UUID(int=consent_id)),
                 "lender": lender,
                 "purpose": purpose,

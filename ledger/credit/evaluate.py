@@ -32,8 +32,9 @@ def ks_statistic(bad: np.ndarray, risk: np.ndarray) -> float:
 
 def baseline_frame(features: pd.DataFrame) -> pd.DataFrame:
     """The features as the gradient-boosting baseline takes them: text columns as categories
-    (one category set for the whole table, so that every fold agrees on the codes)."""
-    out = features.copy()
+    (one category set for the whole table, so that every fold agrees on the codes), without
+    the columns holding one value or none (the scorecard drops them too)."""
+    out = features[[c for c in features.columns if features[c].nunique(dropna=True) > 1]].copy()
     for column in out.columns:
         if not pd.api.types.is_numeric_dtype(out[column]):
             out[column] = out[column].astype("category")

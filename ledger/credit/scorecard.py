@@ -7,7 +7,10 @@ ledger's cash-flow features alike. The steps are the credit industry's:
    optimal binning, each bin at least ``MIN_BIN_SIZE`` of the applicants, numerical ones with a
    monotonic bad rate (ascending or descending, chosen by the data), categorical ones grouped by
    bad rate. Characteristics with an information value below ``MIN_IV`` are dropped.
-2. **Logistic regression** on the weights of evidence.
+2. **Logistic regression** on the weights of evidence, with the sign check: a characteristic
+   whose coefficient came out with the wrong sign (more evidence of a good outcome costing
+   points, which happens when characteristics are strongly correlated) is dropped and the model
+   refitted, so that every points table reads the right way round.
 3. **Scaling to points** (``pdo_odds``): ``SCORE_POINTS`` at good:bad odds of ``SCORE_ODDS``:1,
    ``PDO`` more points for each doubling of the odds. A higher score is a better applicant.
    An applicant's score is the sum of the points of the bins it falls in.
@@ -134,44 +137,33 @@ class Scorecard:
     target: str
     bad_value: str
     characteristics: list[str]
-    """Every input column the model was given (the CSV's columns besides the target)."""
+    """The input columns the model reads: the CSV's columns besides the target, less those
+    with a single value or none."""
     format: str = MODEL_FORMAT
     _best: dict[str, float] = field(default_factory=dict, repr=False)
+    _bins: dict[str, tuple[list[str], list[float]]] | None = field(default=None, repr=False)
 
     # -- training -----------------------------------------------------------------------------
 
     @classmethod
     def train(cls, data: Labelled, *, seed: int = 0) -> Scorecard:
         """Bin, fit and scale (see the module's docstring)."""
-        from optbinning import BinningProcess
-        from optbinning import Scorecard as OptScorecard
-        from sklearn.linear_model import LogisticRegression
-
-        names = [str(c) for c in data.features.columns]
-        categorical = _categorical(data.features)
-        numerical = [n for n in names if n not in categorical]
-        binning = BinningProcess(
-            variable_names=names,
-            categorical_variables=categorical,
-            min_bin_size=MIN_BIN_SIZE,
-            max_n_bins=MAX_BINS,
-            selection_criteria={"iv": {"min": MIN_IV}},
-            binning_fit_params={n: {"monotonic_trend": "auto_asc_desc"} for n in numerical},
-        )
-        model = OptScorecard(
-            binning_process=binning,
-            estimator=LogisticRegression(max_iter=1000, random_state=seed),
-            scaling_method="pdo_odds",
-            scaling_method_params={
-                "pdo": PDO,
-                "odds": SCORE_ODDS,
-                "scorecard_points": SCORE_POINTS,
-            },
-        )
         frame = data.features.copy()
-        frame.columns = names
-        with quiet():
-            model.fit(frame, data.bad)
+        frame.columns = [str(c) for c in frame.columns]
+        names = [c for c in frame.columns if frame[c].nunique(dropna=True) > 1]
+        if not names:
+            raise CreditDataError("every characteristic is empty or constant: nothing to score")
+        frame = frame[names]  # a column with one value or none tells no applicant apart
+        model = _fit(frame, data.bad, names, seed)
+        for _ in range(len(names)):  # the sign check: more evidence of good must never cost
+            kept = [str(n) for n in model.binning_process_.get_support(names=True)]
+            wrong = {n for n, c in zip(kept, model.estimator_.coef_[0], strict=True) if c > 0}
+            if not wrong:
+                break
+            names = [n for n in names if n not in wrong]
+            if not names:
+                raise CreditDataError("no characteristic keeps a consistent sign: nothing to score")
+            model = _fit(frame, data.bad, names, seed)
         return cls(model, data.target, data.bad_value, names)
 
     # -- using it ------------------------------------------------------------------------------
@@ -225,25 +217,40 @@ class Scorecard:
     def reasons(self, features: pd.DataFrame, limit: int = REASONS_MAX) -> list[list[Reason]]:
         """Per applicant, up to ``limit`` characteristics that cost the most points against
         their best bin, largest loss first (none where an applicant is in every best bin)."""
+        return self.explain(features, limit)[1]
+
+    def explain(
+        self, features: pd.DataFrame, limit: int = REASONS_MAX
+    ) -> tuple[np.ndarray, list[list[Reason]]]:
+        """Scores and reasons in one pass: each applicant's bin per characteristic (one
+        transform, as ``score`` does it), its points and its losses against the best bins."""
         frame = self.select(features)
-        points = self.points(frame)
-        best = self.best_points()
-        with quiet():  # the row of the points table each applicant falls in, as score() does
+        with quiet():
             rows = self.model.binning_process_.transform(
                 frame, metric="indices", metric_special="empirical", metric_missing="empirical"
             )
-        table = self.table()
-        names = {str(v): list(group.Bin) for v, group in table.groupby("Variable", sort=False)}
+        if self._bins is None:
+            table = self.table()
+            self._bins = {
+                str(v): (list(g.Bin), [float(p) for p in g.Points])
+                for v, g in table.groupby("Variable", sort=False)
+            }
+        best = self.best_points()
+        kept = self.kept()
+        indices = rows[kept].to_numpy(dtype=int)
+        scores = np.full(len(frame), float(self.model.intercept_))
         out: list[list[Reason]] = []
         for i in range(len(frame)):
             losses = []
-            for name in points.columns:
-                lost = best[name] - float(points.iloc[i][name])
-                if lost > 1e-9:
-                    losses.append(Reason(name, names[name][int(rows.iloc[i][name])], lost))
+            for j, name in enumerate(kept):
+                names, points = self._bins[name]
+                gained = points[indices[i, j]]
+                scores[i] += gained
+                if best[name] - gained > 1e-9:
+                    losses.append(Reason(name, names[indices[i, j]], best[name] - gained))
             losses.sort(key=lambda r: -r.points_lost)
             out.append(losses[:limit])
-        return out
+        return scores, out
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -265,6 +272,33 @@ class Scorecard:
         if not isinstance(model, cls) or model.format != MODEL_FORMAT:
             raise CreditDataError(f"{path} is not a saved scorecard ({MODEL_FORMAT})")
         return model
+
+
+def _fit(frame: pd.DataFrame, bad: np.ndarray, names: list[str], seed: int) -> Any:
+    from optbinning import BinningProcess
+    from optbinning import Scorecard as OptScorecard
+    from sklearn.linear_model import LogisticRegression
+
+    categorical = _categorical(frame[names])
+    binning = BinningProcess(
+        variable_names=names,
+        categorical_variables=categorical,
+        min_bin_size=MIN_BIN_SIZE,
+        max_n_bins=MAX_BINS,
+        selection_criteria={"iv": {"min": MIN_IV}},
+        binning_fit_params={
+            n: {"monotonic_trend": "auto_asc_desc"} for n in names if n not in categorical
+        },
+    )
+    model = OptScorecard(
+        binning_process=binning,
+        estimator=LogisticRegression(max_iter=1000, random_state=seed),
+        scaling_method="pdo_odds",
+        scaling_method_params={"pdo": PDO, "odds": SCORE_ODDS, "scorecard_points": SCORE_POINTS},
+    )
+    with quiet():
+        model.fit(frame[names], bad)
+    return model
 
 
 def points_table_path(model_path: Path) -> Path:
@@ -289,6 +323,12 @@ def _bin_text(value: object) -> str:
     if high == "inf":
         return f"{float(low):g} or more"
     return f"{float(low):g} to under {float(high):g}"
+
+
+def probability_from_score(score: float) -> float:
+    """The inverse of ``expected_score``: the chance of turning bad at a score."""
+    odds = SCORE_ODDS * 2 ** ((score - SCORE_POINTS) / PDO)
+    return 1 / (1 + odds)
 
 
 def expected_score(probability_bad: float) -> float:

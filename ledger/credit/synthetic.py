@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+from ledger.wallets import codes
 
 REGULARS: Final = 6
 TICKET_FEN: Final = 3_000
@@ -85,3 +87,28 @@ def sales(truth: list[Merchant], customers: int, days: int, seed: int) -> list[S
                 ticket = rng.lognormvariate(math.log(TICKET_FEN) + 0.4 * merchant.health, 0.5)
                 out.append(Sale(day, m, customer, int(min(TICKET_MAX, max(TICKET_MIN, ticket)))))
     return out
+
+
+def features_table(truth: list[Merchant], sold: list[Sale], days: int) -> Any:
+    """One row per merchant: the cash-flow features its sales give at the end of the run (the
+    same functions the ledger's feature reads use), and ``defaulted`` (yes/no): a table for
+    ``ledger credit train --target defaulted --bad yes``. Pure: no ledger is written."""
+    import pandas as pd
+
+    from ledger.credit.features import DAY_NS, Flow, individual_features, merchant_features
+
+    now = days * DAY_NS
+    flows: list[list[Flow]] = [[] for _ in truth]
+    for i, s in enumerate(sold):  # sales spread over their day, in order
+        at = s.day * DAY_NS + (i % 1000 + 1) * (DAY_NS // 1002)
+        flows[s.merchant].append(Flow(at, s.amount, True, s.customer, codes.PAYMENT))
+    rows = []
+    for merchant, own in zip(truth, flows, strict=True):
+        balance = sum(f.amount for f in own)
+        row: dict[str, object] = {
+            **merchant_features(own, now, 0, balance),
+            **individual_features(own, now, balance),
+        }
+        row["defaulted"] = "yes" if merchant.defaulted else "no"
+        rows.append(row)
+    return pd.DataFrame(rows)

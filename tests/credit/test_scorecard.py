@@ -21,6 +21,7 @@ from ledger.credit.scorecard import (
     Scorecard,
     expected_score,
     labelled,
+    probability_from_score,
     read_table,
 )
 from tests.test_cli import ledger_cli
@@ -61,6 +62,7 @@ def test_600_points_at_50_to_1_and_20_more_to_double_the_odds(
     scores = card.score(german.features)
     risk = card.probability_bad(german.features)
     assert np.allclose(scores, [expected_score(p) for p in risk], atol=1e-6)
+    assert np.allclose([probability_from_score(s) for s in scores], risk, atol=1e-9)
     assert expected_score(1 / (1 + SCORE_ODDS)) == pytest.approx(SCORE_POINTS)
     assert expected_score(1 / (1 + 2 * SCORE_ODDS)) == pytest.approx(SCORE_POINTS + PDO)
     assert scores[german.bad == 1].mean() < scores[german.bad == 0].mean()
@@ -90,6 +92,8 @@ def test_every_decline_has_reasons_that_are_its_largest_losses(
     assert len(declined) > 100
     reasons = card.reasons(declined)
     points = card.points(declined)
+    scores_again, same = card.explain(declined)
+    assert np.allclose(scores_again, scores[scores < cutoff], atol=1e-6) and same == reasons
     best = card.best_points()
     table = card.table()
     for i, why in enumerate(reasons):

@@ -6,14 +6,14 @@ operator's API key) reads the borrower's aggregated features under a live consen
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from ledger.api.errors import APIError
-from ledger.api.models import Id128, _Strict, parse_id
+from ledger.api.models import AmountFen, Id128, _Strict, parse_id
 from ledger.api.wallet_auth import Access, authenticate, require_operator
 from ledger.credit.consent import (
     CONSENT_DAYS_MAX,
@@ -22,6 +22,7 @@ from ledger.credit.consent import (
     ConsentError,
     CreditData,
 )
+from ledger.credit.decisions import Decisions
 
 router = APIRouter(prefix="/v1/credit", tags=["credit"])
 AccessDep = Annotated[Access, Depends(authenticate)]
@@ -37,6 +38,28 @@ class ConsentCreate(_Strict):
     expires_at_ms: int = Field(
         strict=True, description=f"At most {CONSENT_DAYS_MAX} days ahead; revocable before."
     )
+
+
+class ApplicationCreate(_Strict):
+    borrower: Id128
+    consent_id: Id128
+    amount: AmountFen
+
+
+class Contest(_Strict):
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class Review(_Strict):
+    outcome: Literal["approved", "declined"]
+    limit_fen: int | None = Field(default=None, strict=True, ge=1)
+    reviewer: str = Field(min_length=1, max_length=100)
+    note: str = Field(min_length=3, max_length=500)
+
+
+def _decisions(request: Request) -> Decisions:
+    decisions: Decisions = request.app.state.credit_decisions
+    return decisions
 
 
 def _credit(request: Request) -> CreditData:
@@ -128,5 +151,67 @@ async def read_features(
     cid = _id(consent_id, "consent_id", "consent_not_found")
     try:
         return await _credit(request).features(borrower, cid, principal.operator, purpose)
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+
+
+@router.post("/applications", status_code=201)
+async def apply(body: ApplicationCreate, access: AccessDep, request: Request) -> Any:
+    """Decide a loan in one step, for the lender holding the borrower's live consent: approved
+    with a limit, rate and term, or declined with the reasons that cost the most points."""
+    principal = require_operator(access)
+    try:
+        made = await _decisions(request).apply(
+            body.borrower, body.consent_id, principal.operator, body.amount
+        )
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+    return JSONResponse(made, status_code=201)
+
+
+@router.get("/borrowers/{wallet_id}/applications/{application_id}")
+def read_application(
+    wallet_id: str, application_id: str, access: AccessDep, request: Request
+) -> Any:
+    """A decision with its contest and review, for the borrower (signed) or its lender."""
+    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    aid = _id(application_id, "application_id", "application_not_found")
+    if access.wallet_id is not None and access.wallet_id != borrower:
+        raise APIError(404, "application_not_found", "no such application", "application_id")
+    try:
+        found = _decisions(request).application(borrower, aid)
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+    if access.wallet_id is None and require_operator(access).operator != found["lender"]:
+        raise APIError(404, "application_not_found", "no such application", "application_id")
+    return found
+
+
+@router.post("/borrowers/{wallet_id}/applications/{application_id}/contest")
+async def contest(
+    wallet_id: str, application_id: str, body: Contest, access: AccessDep, request: Request
+) -> Any:
+    """The borrower asks for a human review of a decision (signed by its wallet)."""
+    borrower = _borrower(access, wallet_id)
+    aid = _id(application_id, "application_id", "application_not_found")
+    try:
+        return await _decisions(request).contest(borrower, aid, body.reason)
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+
+
+@router.post("/borrowers/{wallet_id}/applications/{application_id}/review")
+async def review(
+    wallet_id: str, application_id: str, body: Review, access: AccessDep, request: Request
+) -> Any:
+    """A reviewer of the lender upholds or overrides a decision; recorded with its note."""
+    principal = require_operator(access)
+    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    aid = _id(application_id, "application_id", "application_not_found")
+    try:
+        return await _decisions(request).review(
+            borrower, aid, principal.operator, body.reviewer, body.outcome, body.limit_fen,
+            body.note,
+        )  # fmt: skip
     except ConsentError as exc:
         raise _refuse(exc) from None
