@@ -545,6 +545,40 @@ def credit_synth(
     err.print(f"{out}: {len(table):,} merchants, {bad:,} defaulted", soft_wrap=True)
 
 
+@credit_app.command("rescore")
+def credit_rescore(
+    model: Annotated[Path, typer.Option("--model", help="A model written by `credit train`.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="CSV of scores to write.")],
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="A Dask scheduler's address. Default: a LocalCluster on 127.0.0.1."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="LocalCluster workers.")] = 2,
+) -> None:
+    """Re-score every row of a features table with Dask (the nightly batch): score,
+    probability of bad and the top reason, in the table's order."""
+    from contextlib import nullcontext
+
+    from dask.distributed import Client
+
+    from ledger.credit.rescore import local_cluster, rescore
+    from ledger.credit.scorecard import CreditDataError, Scorecard, read_table
+
+    try:
+        card = Scorecard.load(model)
+        table = read_table(data)
+        card.select(table)
+    except CreditDataError as exc:
+        err.print(f"[red]error[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    cluster = local_cluster(workers) if scheduler is None else nullcontext(Client(scheduler))
+    with err.status(f"re-scoring {len(table):,} rows"), cluster as client:
+        scores = rescore(client, card, table)
+    scores.to_csv(out, index=False)
+    err.print(f"{out}: {len(scores):,} rows scored", soft_wrap=True)
+
+
 @credit_app.command("drift")
 def credit_drift(
     model: Annotated[Path, typer.Option("--model", help="A model written by `credit train`.")],
