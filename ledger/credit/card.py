@@ -144,9 +144,7 @@ def _plots(
     ax.set(xlabel="share of good applicants flagged", ylabel="share of bad applicants flagged")
     ax.set_title("ROC curve, held-out applicants")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "roc.png", dpi=100)
-    plt.close(fig)
+    _save(fig, out / "roc.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     edges = [float(e) for e in np.linspace(scores.min(), scores.max(), 30)]
@@ -156,9 +154,7 @@ def _plots(
     ax.set(xlabel="score", ylabel="applicants")
     ax.set_title("Scores by outcome, held-out applicants")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=100)
-    plt.close(fig)
+    _save(fig, out / "scores.png")
 
     fig, ax = plt.subplots(figsize=(5, 5))
     observed, predicted = calibration_curve(bad, risk, n_bins=8, strategy="quantile")
@@ -167,8 +163,14 @@ def _plots(
     ax.set(xlabel="predicted probability of bad", ylabel="observed share bad")
     ax.set_title("Calibration, held-out applicants")
     ax.legend(loc="upper left")
+    _save(fig, out / "calibration.png")
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(out / "calibration.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

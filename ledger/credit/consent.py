@@ -163,7 +163,8 @@ class CreditData:
             )  # fmt: skip
         if OperatorAccounts.of(lender).float not in state.accounts:
             raise ConsentError(422, "lender_not_found", "no such operator", "lender")
-        for account in accounts or [borrower]:
+        covered = accounts or [borrower]
+        for account in covered:
             other = state.accounts.get(account)
             owned = other is not None and other.wallet is not None and (
                 account == borrower or other.wallet.parent == borrower
@@ -185,7 +186,6 @@ class CreditData:
                 "expires_at_ms",
             )  # fmt: skip
         cid = uuid.uuid4().int
-        covered = accounts or [borrower]
         await self.record(
             borrower,
             GRANTED,
