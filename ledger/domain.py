@@ -188,6 +188,17 @@ class Result(IntEnum):
     """A payment code pays once; this one already has."""
     EXCEEDS_PAYMENT_CODE_AMOUNT = 91
     """The capture is larger than the payment code allows."""
+    LOAN_ACTIVE = 92
+    """The wallet is still repaying a loan: one loan at a time."""
+    LOAN_NOT_ACTIVE = 93
+    """A loan repayment from a wallet that owes nothing (or to another account than its
+    operator's float)."""
+    EXCEEDS_LOAN_OUTSTANDING = 94
+    """The repayment is larger than what the wallet owes."""
+    LOAN_TERMS_INVALID = 95
+    """A disbursement names accounts that are not the lender's loan book, income and a fresh
+    receivable (with credits_must_not_exceed_debits), a negative fee or a share outside
+    0-10,000 basis points."""
 
     @property
     def label(self) -> str:
@@ -381,6 +392,9 @@ class Wallet:
         "klass",
         "limits",
         "linked_bank",
+        "loan_account",
+        "loan_book",
+        "loan_share_bp",
         "operator",
         "parent",
         "public_key",
@@ -419,6 +433,9 @@ class Wallet:
         self.parent = parent
         self.bound_payee = bound_payee
         self.limits = limits
+        self.loan_account = 0  # the receivable of the loan being repaid (the mandate), or 0
+        self.loan_book = 0  # the lender's loan book, debited as the loan is repaid
+        self.loan_share_bp = 0  # the share of each incoming payment that repays it, in 1/10,000
         self.day = 0  # day number (China Standard Time) of spent_day
         self.spent_day = 0
         self.year = 0
@@ -481,6 +498,50 @@ class UpdateWallet:
         self.reverse_waterfall = reverse_waterfall
         self.linked_bank = linked_bank
         self.reason = reason
+
+
+class Disbursement:
+    """Lend e-CNY from the operator's float to a wallet the operator runs, and set the wallet's
+    repayment mandate, in one step (see ``ledger.credit.loans``).
+
+    ``loan_account`` is the loan's receivable (a fresh account of the operator with
+    credits_must_not_exceed_debits): debited by the principal and ``fee``, credited by each
+    repayment, so its balance is what the borrower owes and can never be repaid twice over.
+    ``share_bp`` of each payment the wallet receives repays the loan until it is repaid.
+    ``terms`` (the borrower's signed acceptance among them) go into the journal record."""
+
+    __slots__ = (
+        "book",
+        "fee",
+        "id",
+        "income",
+        "loan_account",
+        "principal",
+        "share_bp",
+        "terms",
+        "wallet",
+    )
+
+    def __init__(
+        self,
+        loan_account: int,
+        wallet: int,
+        book: int,
+        income: int,
+        principal: int,
+        fee: int,
+        share_bp: int,
+        terms: dict[str, object],
+    ) -> None:
+        self.id = loan_account
+        self.loan_account = loan_account
+        self.wallet = wallet
+        self.book = book
+        self.income = income
+        self.principal = principal
+        self.fee = fee
+        self.share_bp = share_bp
+        self.terms = terms
 
 
 class AuditRecord:

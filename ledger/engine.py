@@ -36,6 +36,7 @@ from ledger.domain import (
     AuditRecord,
     CancelTransferId,
     CloseAccount,
+    Disbursement,
     LimitSet,
     OpenWallet,
     PendingState,
@@ -54,6 +55,15 @@ from ledger.entry import (
     canonical_json,
 )
 from ledger.wallets.codes import (
+    LOAN_BOOK,
+    LOAN_CHARGE,
+    LOAN_DISBURSE,
+    LOAN_INCOME,
+    LOAN_PRINCIPAL,
+    LOAN_RECEIVABLE,
+    LOAN_REPAYMENT,
+    LOAN_REPAYMENT_BOOK,
+    LOAN_REVENUE_SHARE,
     PAYMENT,
     REVERSE_WATERFALL_BANK,
     REVERSE_WATERFALL_ECNY,
@@ -75,9 +85,24 @@ OP_UPDATE_WALLETS: Final = 5
 OP_RECORDS: Final = 6
 OP_ACTIVATE_LIMITS: Final = 7
 OP_CANCEL_IDS: Final = 8
+OP_DISBURSE_LOANS: Final = 9
 
-RECORD_TYPES: Final = {"wallet_opened": 1, "wallet_updated": 2, "limits_activated": 3}
+RECORD_TYPES: Final = {
+    "wallet_opened": 1,
+    "wallet_updated": 2,
+    "limits_activated": 3,
+    "loan_disbursed": 5,
+    "loan_repaid": 6,
+}
 """Record type -> the ``flags`` column of its journal row (audit records use 4)."""
+LEG_REVENUE_SHARE: Final = 5
+"""Roles of the legs the engine derives from a transfer (see ``leg_id``); 1-4 are waterfalls."""
+LEG_REVENUE_SHARE_BOOK: Final = 6
+LEG_REPAYMENT_BOOK: Final = 7
+LEG_DISBURSE: Final = 12
+LEG_DISBURSE_PRINCIPAL: Final = 13
+LEG_DISBURSE_FEE: Final = 14
+SHARE_BP_MAX: Final = 10_000
 RECORD_AUDIT: Final = 4
 CST_OFFSET_S: Final = 8 * 3600
 """Daily and yearly limits roll over at midnight China Standard Time (UTC+8)."""
@@ -227,6 +252,8 @@ class Engine:
                 results.append(self._wallet_ops(op, items))
             elif op == OP_CANCEL_IDS:
                 results.append(self._cancel_ids(items))
+            elif op == OP_DISBURSE_LOANS:
+                results.append(self._disburse_loans(items))
             else:
                 raise AssertionError(f"unknown operation {op}")
         self._check_zero_sum()
@@ -453,6 +480,9 @@ class Engine:
                 assert isinstance(obj, Transfer)
                 del state.transfers[obj.id]
                 self._rejected.remove(obj)
+            elif what == 6:  # a wallet's loan mandate
+                assert isinstance(obj, Wallet) and isinstance(old, tuple)
+                obj.loan_account, obj.loan_book, obj.loan_share_bp = old
         del self._entries[entries_before:]
         state.next_seq = seq_before
 
@@ -521,6 +551,8 @@ class Engine:
             return Result.CREDIT_ACCOUNT_NOT_FOUND
         if dr.wallet is not None or cr.wallet is not None:
             return self._wallet_transfer(t, dr, cr)
+        if t.code == LOAN_CHARGE and dr.debits_posted <= dr.credits_posted + dr.credits_pending:
+            return Result.LOAN_NOT_ACTIVE  # a repaid loan has no mandate left to collect it
         return self._apply(t, dr, cr)
 
     def _apply(self, t: Transfer, dr: Account, cr: Account) -> int:
@@ -606,7 +638,10 @@ class Engine:
 
     def _check_payer(self, t: Transfer, payer: Wallet, cr: Account) -> int:
         """The payer's signature block (verified by the API, in parallel; here: its key version
-        and expiry against the sequencer's clock), sub-wallet payees and spending limits."""
+        and expiry against the sequencer's clock), sub-wallet payees and spending limits. A loan
+        repayment needs no signature: the loan's mandate, signed when it was taken, allows it."""
+        if t.code == LOAN_REPAYMENT:
+            return self._check_loan_repayment(t, payer, cr)
         auth = t.authorization
         if len(auth) == CODE_AUTHORIZATION_SIZE:
             code = self._check_payment_code(t)
@@ -677,7 +712,14 @@ class Engine:
     ) -> int:
         amount = t.amount
         pending = t.flags & _PENDING
-        if payer is not None and payer.reverse_waterfall and payer.linked_bank and not pending:
+        loan_repayment = t.code == LOAN_REPAYMENT
+        if (
+            payer is not None
+            and payer.reverse_waterfall
+            and payer.linked_bank
+            and not pending
+            and not loan_repayment  # the mandate covers the wallet, not the bank account
+        ):
             shortfall = amount - (dr.credits_posted - dr.debits_posted - dr.debits_pending)
             if shortfall > 0:  # top up from the linked bank account first, in the same breath
                 code = self._leg(t, 1, payer.linked_bank, payer.settlement_account, shortfall,
@@ -689,15 +731,17 @@ class Engine:
                     return code
                 t.timestamp = self._clock  # the payment follows its top-up in the log
                 self._clock += 1
-        excess = 0
+        excess = share = 0
         if payee is not None:
+            if payee.loan_share_bp and t.code == PAYMENT and not pending:
+                share = min(amount * payee.loan_share_bp // SHARE_BP_MAX, self._owed(payee))
             limits = payee.limits or self.state.limits.get(payee.klass)
             cap = limits.balance_cap if limits is not None else 0
             balance = cr.credits_posted - cr.debits_posted
-            if cap and balance + amount > cap:
+            if cap and balance + amount - share > cap:
                 if not payee.linked_bank or pending or t.code not in SWEEPING:
                     return self._over_limit(t, "balance_cap", cap, cap - balance)
-                excess = balance + amount - cap
+                excess = balance + amount - share - cap
         code = self._apply(t, dr, cr)
         if code:
             return code
@@ -705,6 +749,17 @@ class Engine:
             self._count_spending(payer, amount, t.timestamp)
         if payer is not None and len(t.authorization) == CODE_AUTHORIZATION_SIZE:
             self._consume_payment_code(t)
+        if loan_repayment and payer is not None:
+            code = self._repaid(t, payer, amount, LEG_REPAYMENT_BOOK)
+            if code:
+                return code
+        if share and payee is not None:  # a share of the payment repays the payee's loan
+            code = self._leg(t, LEG_REVENUE_SHARE, cr.id, payee.float_account, share,
+                             LOAN_REVENUE_SHARE)  # fmt: skip
+            if not code:
+                code = self._repaid(t, payee, share, LEG_REVENUE_SHARE_BOOK)
+            if code:
+                return code
         if excess and payee is not None:  # sweep what is over the cap to the linked bank account
             code = self._leg(t, 3, cr.id, payee.float_account, excess, WATERFALL_ECNY)
             if not code:
@@ -729,6 +784,129 @@ class Engine:
         if not result:
             self._legs.append(leg.id)
         return result
+
+    # -- loans: disbursement and repayment under the borrower's mandate ------------------------
+
+    def _owed(self, w: Wallet) -> int:
+        """What the wallet still owes on its loan (0 without one)."""
+        loan = self.state.accounts.get(w.loan_account) if w.loan_account else None
+        if loan is None:
+            return 0
+        return loan.debits_posted - loan.credits_posted - loan.credits_pending
+
+    def _check_loan_repayment(self, t: Transfer, payer: Wallet, cr: Account) -> int:
+        """A repayment goes to the wallet's operator's float, while a loan is owed, and never
+        for more than is owed."""
+        if not payer.loan_account or cr.id != payer.float_account or t.flags & _PENDING:
+            return Result.LOAN_NOT_ACTIVE
+        owed = self._owed(payer)
+        if not owed:
+            return Result.LOAN_NOT_ACTIVE
+        if t.amount > owed:
+            t.detail = {"owed_fen": owed}
+            return Result.EXCEEDS_LOAN_OUTSTANDING
+        return _OK
+
+    def _repaid(self, t: Transfer, w: Wallet, amount: int, role: int) -> int:
+        """The bank side of a repayment (loan book -> receivable); the mandate ends, with a
+        journal record, when nothing is owed any more."""
+        code = self._leg(t, role, w.loan_book, w.loan_account, amount, LOAN_REPAYMENT_BOOK)
+        if code or self._owed(w):
+            return code
+        account = self.state.accounts[w.id]
+        payload: dict[str, object] = {
+            "wallet": str(uuid.UUID(int=w.id)),
+            "loan": str(uuid.UUID(int=w.loan_account)),
+            "by": str(uuid.UUID(int=t.id)),
+        }
+        self._set_mandate(w, 0, 0, 0)
+        self._record("loan_repaid", payload, account.n, RECORD_TYPES["loan_repaid"])
+        return _OK
+
+    def _set_mandate(self, w: Wallet, loan_account: int, book: int, share_bp: int) -> None:
+        if self._undo is not None:
+            self._undo.append((6, w, (w.loan_account, w.loan_book, w.loan_share_bp)))
+        w.loan_account, w.loan_book, w.loan_share_bp = loan_account, book, share_bp
+        self._touched_wallets[w.id] = w
+
+    def _disburse_loans(self, items: list[Disbursement]) -> OpResult:
+        out = OpResult([])
+        for i, d in enumerate(items):
+            code = self._disburse(d)
+            if code < 0:
+                out.replayed.add(i)
+                code = _OK
+            out.codes.append(code)
+        return out
+
+    def _disburse(self, d: Disbursement) -> int:
+        """Principal from the float to the wallet, the receivable debited by principal and fee,
+        and the wallet's repayment mandate set: all of it, or none (a retry is a replay)."""
+        accounts = self.state.accounts
+        wa = accounts.get(d.wallet)
+        w = wa.wallet if wa is not None else None
+        if wa is None or w is None:
+            self._clock += 1
+            return Result.WALLET_NOT_FOUND
+        if self._operator is not None and w.operator != self._operator:
+            self._clock += 1
+            return Result.WALLET_NOT_OPERATED
+        loan, book, income = (
+            accounts.get(d.loan_account),
+            accounts.get(d.book),
+            accounts.get(d.income),
+        )
+        metadata = canonical_json({"loan": str(uuid.UUID(int=d.loan_account))})
+        ecny = Transfer(leg_id(d.id, LEG_DISBURSE), w.float_account, wa.id, d.principal,
+                        wa.ledger, LOAN_DISBURSE, 0, 0, 0, metadata)  # fmt: skip
+        ecny.timestamp = self._clock
+        self._clock += 1
+        existing = self.state.find_transfer(ecny.id)
+        if existing is not None:
+            return self._transfer_exists(ecny, existing)
+        if (
+            loan is None
+            or book is None
+            or income is None
+            or (loan.code, book.code, income.code) != (LOAN_RECEIVABLE, LOAN_BOOK, LOAN_INCOME)
+            or not loan.flags & _CR_LIMIT
+            or loan.debits_posted
+            or loan.credits_posted
+            or loan.debits_pending
+            or loan.credits_pending
+            or not loan.operator == book.operator == income.operator == w.operator
+            or not 0 <= d.share_bp <= SHARE_BP_MAX
+            or d.fee < 0
+        ):
+            return Result.LOAN_TERMS_INVALID
+        if self._owed(w):
+            return Result.LOAN_ACTIVE
+        self._undo = []
+        entries_before, seq_before = len(self._entries), self.state.next_seq
+        code = self._transfer(ecny)
+        if not code:
+            code = self._leg(ecny, LEG_DISBURSE_PRINCIPAL, loan.id, book.id, d.principal,
+                             LOAN_PRINCIPAL)  # fmt: skip
+        if not code and d.fee:
+            code = self._leg(ecny, LEG_DISBURSE_FEE, loan.id, income.id, d.fee, LOAN_CHARGE)
+        if code:
+            self._rollback(entries_before, seq_before)
+            self._undo = None
+            return code
+        self._set_mandate(w, loan.id, book.id, d.share_bp)
+        payload: dict[str, object] = {
+            **d.terms,
+            "wallet": str(uuid.UUID(int=w.id)),
+            "loan": str(uuid.UUID(int=loan.id)),
+            "principal_fen": d.principal,
+            "fee_fen": d.fee,
+            "share_bp": d.share_bp,
+            "loan_book": str(uuid.UUID(int=book.id)),
+            "income": str(uuid.UUID(int=income.id)),
+        }
+        self._record("loan_disbursed", payload, wa.n, RECORD_TYPES["loan_disbursed"])
+        self._undo = None
+        return _OK
 
     def _count_spending(self, w: Wallet, amount: int, timestamp: int) -> None:
         if self._undo is not None:

@@ -356,7 +356,8 @@ def _detail(t: Transfer) -> str | None:
 def wallet_row(w: Wallet) -> tuple:
     """(id, operator, kind, class, public_key, key_version, linked_bank, reverse_waterfall,
     parent, bound_payee, limits JSON, float_account, settlement_account, day, spent_day, year,
-    spent_year): the wallets table, as the writer knows it at the end of a batch."""
+    spent_year, loan_account, loan_book, loan_share_bp): the wallets table, as the writer knows
+    it at the end of a batch."""
     return (
         id_bytes(w.id),
         w.operator,
@@ -375,4 +376,7 @@ def wallet_row(w: Wallet) -> tuple:
         w.spent_day,
         w.year,
         w.spent_year,
+        id_bytes(w.loan_account) if w.loan_account else None,
+        id_bytes(w.loan_book) if w.loan_book else None,
+        w.loan_share_bp,
     )

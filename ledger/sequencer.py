@@ -30,11 +30,14 @@ from ledger.checkpoint import Checkpoint
 from ledger.domain import BATCH_MAX, Transfer
 from ledger.engine import (
     CODE_AUTHORIZATION_SIZE,
+    LEG_DISBURSE,
     OP_CANCEL_IDS,
     OP_CREATE_TRANSFERS,
+    OP_DISBURSE_LOANS,
     Engine,
     OpResult,
     Outcome,
+    leg_id,
 )
 from ledger.idfilter import IdFilter
 from ledger.journal import BatchRows, Journal
@@ -259,6 +262,15 @@ class Sequencer:
         for req in requests:
             if req.op == OP_CANCEL_IDS:
                 missing.update(c.id for c in req.items if c.id not in transfers and maybe(c.id))
+                continue
+            if req.op == OP_DISBURSE_LOANS:  # a disbursement's id is its e-CNY leg's
+                for d in req.items:
+                    lid = leg_id(d.id, LEG_DISBURSE)
+                    if lid not in transfers:
+                        if maybe(lid):
+                            missing.add(lid)
+                        else:
+                            add(lid)
                 continue
             if req.op != OP_CREATE_TRANSFERS:
                 continue

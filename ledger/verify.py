@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,11 +62,12 @@ class Report:
 
 
 class _Account:
-    __slots__ = ("b", "code", "flags", "id", "keys", "n")
+    __slots__ = ("b", "code", "flags", "id", "keys", "mandate", "n")
 
     def __init__(self, id: int, n: int, flags: int, code: int) -> None:
         self.id, self.n, self.flags, self.code = id, n, flags, code
         self.keys: dict[int, bytes] = {}  # a wallet's public keys by version
+        self.mandate = 0  # the loan a wallet's signed acceptance lets the ledger collect for
         self.b = [0, 0, 0, 0]  # debits_pending, debits_posted, credits_pending, credits_posted
 
 
@@ -117,11 +119,41 @@ class _Replay:
             assert isinstance(changes, dict)
             if "key_version" in changes:
                 a.keys[int(changes["key_version"])] = base64.b64decode(changes["public_key"])
+        elif e.type == "loan_disbursed" and a is not None:
+            self._check_acceptance(seq, a, data)
+            a.mandate = uuid.UUID(str(data["loan"])).int
+        elif e.type == "loan_repaid" and a is not None:
+            a.mandate = 0
         return a
+
+    @staticmethod
+    def _check_acceptance(seq: int, a: _Account, data: dict[str, object]) -> None:
+        """The borrower signed the request that took up this loan, for this amount."""
+        signed = data.get("acceptance")
+        try:
+            assert isinstance(signed, dict) and a.keys
+            body = str(signed["body"]).encode()
+            message = signing.read_message(
+                str(signed["method"]), str(signed["path"]), int(signed["timestamp_ms"]), body
+            )
+            signing.verify(a.keys[max(a.keys)], message, base64.b64decode(signed["signature"]))
+            asked = json.loads(body)
+            application = uuid.UUID(str(asked["application_id"])).int
+            if (
+                asked["amount"] != data["principal_fen"]
+                or application != uuid.UUID(str(data["application"])).int
+            ):
+                raise ValueError("the signed request names other terms")
+        except (AssertionError, KeyError, TypeError, ValueError, signing.SignatureError):
+            raise Mismatch(f"entry {seq}: the borrower's acceptance does not verify") from None
 
     def _check_signature(self, seq: int, e: entry.TransferEntry, dr: _Account) -> None:
         """A wallet's owner signed this debit, with the key the wallet had at the time."""
         if not dr.keys or e.code in codes.ENGINE_LEGS or e.code == codes.SUB_WALLET_RETURN:
+            return
+        if e.code in (codes.LOAN_REPAYMENT, codes.LOAN_REVENUE_SHARE):
+            if not dr.mandate:
+                raise Mismatch(f"entry {seq}: debits a wallet for a loan without its mandate")
             return
         if e.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING):
             return  # the pending transfer it resolves carried the signature

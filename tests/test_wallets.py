@@ -105,12 +105,14 @@ class World:
         reverse: bool = False,
         headers: dict[str, str] | None = None,
         kyc: dict[str, str] | None = None,
+        kind: str = "personal",
     ) -> W:
         key = SigningKey.generate()
         wallet = W(new_uuid(), key, bank=self.bank_account(bank, headers) if bank else None)
         kyc = kyc or {"phone": "+8613800000000", "name": "Li Lei", "id_number": "110101"}
         body: dict[str, Any] = {
             "id": wallet.id,
+            "kind": kind,
             "class": klass,
             "public_key": b64(bytes(key.verify_key)),
             "kyc": kyc,

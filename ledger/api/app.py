@@ -22,6 +22,7 @@ from ledger.api.wallet_auth import SeenRequests
 from ledger.auth import Authenticator
 from ledger.credit.consent import CreditData
 from ledger.credit.decisions import Decisions
+from ledger.credit.loans import Loans
 from ledger.service import LedgerService
 from ledger.store.queries import Reader
 from ledger.wallets.service import Wallets
@@ -46,6 +47,7 @@ def create_app(ledger: LedgerService, wallet_service: Wallets) -> FastAPI:
     app.state.seen_requests = SeenRequests()
     app.state.credit = CreditData(ledger, app.state.reader)
     app.state.credit_decisions = Decisions(app.state.credit)
+    app.state.loans = Loans(ledger, app.state.reader, wallet_service, app.state.credit_decisions)
     install_error_handlers(app)
     # payments first: Starlette tries routes in order, and the busiest route should not pay
     # for matching every other one first

@@ -134,7 +134,13 @@ class Decisions:
             if rec.type == DECIDED:
                 decided = data["application"]
                 if isinstance(decided, dict) and decided.get("id") == wanted:
-                    found = {**decided, "journal_seqs": [seq], "contest": None, "review": None}
+                    found = {
+                        **decided,
+                        "decided_at_ms": rec.timestamp // 1_000_000,
+                        "journal_seqs": [seq],
+                        "contest": None,
+                        "review": None,
+                    }
             elif found is not None and data.get("application") == wanted:
                 found["journal_seqs"].append(seq)
                 key = "contest" if rec.type == CONTESTED else "review"

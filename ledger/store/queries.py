@@ -157,6 +157,25 @@ class Reader:
                 out.append((seq, decoded))
         return out
 
+    def records_of_kind(
+        self, flags: int, after_seq: int = 0
+    ) -> list[tuple[int, entry.RecordEntry]]:
+        """Every journal record whose ``flags`` column is ``flags`` (one record type, see
+        ``ledger.engine.RECORD_TYPES``) after ``after_seq``, oldest first, through the records
+        index."""
+        rows = self._all(
+            "SELECT seq, body FROM journal_entries WHERE kind = 5 AND flags = :f AND seq > :s "
+            "ORDER BY seq",
+            f=flags,
+            s=after_seq,
+        )
+        out = []
+        for seq, body in rows:
+            decoded = entry.decode(bytes(body))
+            assert isinstance(decoded, entry.RecordEntry)
+            out.append((seq, decoded))
+        return out
+
     def transfers_since(self, account_n: int, since_ns: int) -> list[entry.TransferEntry]:
         """Transfer entries touching an account with a timestamp after ``since_ns``, newest
         first. Timestamps grow with seq, so the read walks back page by page and stops at the

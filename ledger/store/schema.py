@@ -145,6 +145,11 @@ class WalletRow(SQLModel, table=True):
     spent_day: int = Field(sa_column=Column(BigInteger, nullable=False))
     year: int = Field(sa_column=Column(Integer, nullable=False))
     spent_year: int = Field(sa_column=Column(BigInteger, nullable=False))
+    loan_account: bytes | None = Field(default=None, sa_column=Column(LargeBinary(16)))
+    loan_book: bytes | None = Field(default=None, sa_column=Column(LargeBinary(16)))
+    loan_share_bp: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
 
 
 class KycRecordRow(SQLModel, table=True):

@@ -432,6 +432,9 @@ WALLET_COLUMNS = (
     "spent_day",
     "year",
     "spent_year",
+    "loan_account",
+    "loan_book",
+    "loan_share_bp",
 )
 """In the order of ``ledger.journal.wallet_row``."""
 
@@ -459,6 +462,8 @@ def _wallet(row: Any) -> Wallet:
     )
     w.key_version = m["key_version"]
     w.day, w.spent_day, w.year, w.spent_year = m["day"], m["spent_day"], m["year"], m["spent_year"]
+    w.loan_account, w.loan_book = _id(m["loan_account"]), _id(m["loan_book"])
+    w.loan_share_bp = m["loan_share_bp"]
     return w
 
 

@@ -18,6 +18,9 @@ BANK_DEPOSIT: Final = 201  # a customer's bank deposit at an operator (bank mone
 BANK_SETTLEMENT: Final = 202  # an operator's own side of its customers' deposits
 ORDER_REFUND_ALLOWANCE: Final = 203  # what may still be refunded of a paid order (not negative)
 REFUND_ALLOWANCE_SOURCE: Final = 204  # an operator's counterpart of its orders' allowances
+LOAN_BOOK: Final = 205  # an operator's loan book: credited by loans out, debited by repayments
+LOAN_RECEIVABLE: Final = 206  # one loan: what the borrower owes (credits may not exceed debits)
+LOAN_INCOME: Final = 207  # an operator's fees and interest on loans
 WALLET_PERSONAL: Final = 300
 WALLET_MERCHANT: Final = 301
 SUB_WALLET: Final = 302
@@ -48,6 +51,13 @@ SUB_WALLET_FUND: Final = 1030  # parent -> sub-wallet
 SUB_WALLET_RETURN: Final = 1031  # sub-wallet -> parent, when it is closed
 REFUND: Final = 1040  # merchant wallet -> payer wallet, signed by the merchant
 REFUND_ALLOWANCE: Final = 1041  # allowance bookkeeping: funded when paid, drawn by refunds
+
+LOAN_DISBURSE: Final = 1050  # float -> wallet: the loan's e-CNY        } a disbursement,
+LOAN_PRINCIPAL: Final = 1051  # receivable -> loan book: what is owed   } one step
+LOAN_CHARGE: Final = 1052  # receivable -> income: a fee, or interest falling due
+LOAN_REPAYMENT: Final = 1053  # wallet -> float, under the loan's mandate     } a repayment,
+LOAN_REPAYMENT_BOOK: Final = 1054  # loan book -> receivable (an engine leg)  } one step
+LOAN_REVENUE_SHARE: Final = 1055  # wallet -> float: a share of an incoming payment (a leg)
 
 SWEEPING: Final = frozenset({PAYMENT, REFUND})
 """Credits that may take a wallet over its cap, the excess going to its linked bank account;

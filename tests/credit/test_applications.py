@@ -8,26 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ledger.credit import synthetic
 from ledger.credit.decisions import MODEL_ENV
-from ledger.credit.scorecard import Scorecard, labelled
 from tests.credit.test_consent import DAY, features, grant, signed
 from tests.test_wallets import START, W, World
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # a pilot as old as the shops below (60 days), so that their features compare
-    truth = synthetic.plan(600, 1800, 60, 3)
-    table = synthetic.features_table(truth, synthetic.sales(truth, 1800, 60, 3), 60)
-    path = tmp_path_factory.mktemp("credit") / "model"
-    Scorecard.train(labelled(table, "defaulted", "yes")).save(path)
-    return path
-
-
-def busy_and_quiet(world: World) -> tuple[W, W]:
+def busy_and_quiet(world: World, kind: str = "personal") -> tuple[W, W]:
     """A shop paid 8 times a day for 60 days by 30 regulars, and one paid twice."""
-    busy, quiet = world.wallet(1, bank=1), world.wallet(1, bank=1)
+    busy, quiet = world.wallet(1, bank=1, kind=kind), world.wallet(1, bank=1, kind=kind)
     payers = [world.wallet(1, bank=200_000) for _ in range(30)]
     for p in payers:
         world.top_up(p, 200_000)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
+from starlette.concurrency import run_in_threadpool
 
 from ledger.api.errors import APIError
 from ledger.api.models import AmountFen, Id128, _Strict, parse_id
@@ -23,6 +24,7 @@ from ledger.credit.consent import (
     CreditData,
 )
 from ledger.credit.decisions import Decisions
+from ledger.credit.loans import Loans
 
 router = APIRouter(prefix="/v1/credit", tags=["credit"])
 AccessDep = Annotated[Access, Depends(authenticate)]
@@ -55,6 +57,21 @@ class Review(_Strict):
     limit_fen: int | None = Field(default=None, strict=True, ge=1)
     reviewer: str = Field(min_length=1, max_length=100)
     note: str = Field(min_length=3, max_length=500)
+
+
+class LoanAccept(_Strict):
+    application_id: Id128
+    amount: AmountFen = Field(description="Up to the offer's limit, in fen.")
+
+
+class LoanRepay(_Strict):
+    id: Id128 = Field(description="The repayment's transfer id (a retry with it is a replay).")
+    amount: AmountFen | None = Field(default=None, description="Default: everything owed.")
+
+
+def _loans(request: Request) -> Loans:
+    loans: Loans = request.app.state.loans
+    return loans
 
 
 def _decisions(request: Request) -> Decisions:
@@ -215,3 +232,102 @@ async def review(
         )  # fmt: skip
     except ConsentError as exc:
         raise _refuse(exc) from None
+
+
+# -- loans ------------------------------------------------------------------------------------
+
+
+@router.post("/borrowers/{wallet_id}/loans", status_code=201)
+async def take_loan(wallet_id: str, body: LoanAccept, access: AccessDep, request: Request) -> Any:
+    """Take up an approved application (signed by the borrower's wallet): the lender's float
+    pays the loan into the wallet, and the signed request, kept in the journal with the loan's
+    terms, is the mandate for its repayments. A retry answers the loan already made."""
+    borrower = _borrower(access, wallet_id)
+    headers = request.headers
+    acceptance = {
+        "method": request.method,
+        "path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        "timestamp_ms": int(headers["wallet-timestamp"]),
+        "body": (await request.body()).decode(),
+        "signature": headers["wallet-signature"],
+    }
+    try:
+        loan = await run_in_threadpool(
+            _loans(request).accept, borrower, body.application_id, body.amount, acceptance
+        )
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+    return JSONResponse(loan, status_code=201)
+
+
+def _loan_reader(access: Access, request: Request, wallet_id: str, loan_id: str) -> tuple[int, int]:
+    """The borrower (signed) or the loan's lender may read it; to anyone else it does not exist."""
+    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    lid = _id(loan_id, "loan_id", "loan_not_found")
+    if access.wallet_id is not None and access.wallet_id != borrower:
+        raise APIError(404, "loan_not_found", "no such loan", "loan_id")
+    if access.wallet_id is None:
+        try:
+            lender = _loans(request).terms(lid)["lender"]
+        except ConsentError as exc:
+            raise _refuse(exc) from None
+        if require_operator(access).operator != lender:
+            raise APIError(404, "loan_not_found", "no such loan", "loan_id")
+    return borrower, lid
+
+
+@router.get("/borrowers/{wallet_id}/loans")
+def list_loans(wallet_id: str, access: AccessDep, request: Request) -> Any:
+    """The borrower's loans (signed by its wallet); a lender sees those it made."""
+    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    if access.wallet_id is not None and access.wallet_id != borrower:
+        raise APIError(404, "wallet_not_found", "no such wallet", "wallet_id")
+    lender = None if access.wallet_id == borrower else require_operator(access).operator
+    found = _loans(request).loans_of(borrower)
+    return {"data": [loan for loan in found if lender is None or loan["lender"] == lender]}
+
+
+@router.get("/borrowers/{wallet_id}/loans/{loan_id}")
+def read_loan(wallet_id: str, loan_id: str, access: AccessDep, request: Request) -> Any:
+    """A loan's terms and where it stands: owed, past due, days past due, instalments."""
+    borrower, lid = _loan_reader(access, request, wallet_id, loan_id)
+    try:
+        return _loans(request).loan(borrower, lid)
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+
+
+@router.get("/borrowers/{wallet_id}/loans/{loan_id}/statement")
+def loan_statement(wallet_id: str, loan_id: str, access: AccessDep, request: Request) -> Any:
+    """Every movement of the loan, oldest first, with what was owed after each and the transfer
+    or incoming payment each repayment came from."""
+    borrower, lid = _loan_reader(access, request, wallet_id, loan_id)
+    try:
+        return _loans(request).statement(borrower, lid)
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+
+
+@router.post("/borrowers/{wallet_id}/loans/{loan_id}/repayments", status_code=201)
+async def repay_loan(
+    wallet_id: str, loan_id: str, body: LoanRepay, access: AccessDep, request: Request
+) -> Any:
+    """Repay early, in part or in full (signed by the borrower's wallet). Repaying in full ends
+    the loan and any interest not yet due."""
+    borrower = _borrower(access, wallet_id)
+    lid = _id(loan_id, "loan_id", "loan_not_found")
+    try:
+        made = await run_in_threadpool(_loans(request).repay, borrower, lid, body.id, body.amount)
+    except ConsentError as exc:
+        raise _refuse(exc) from None
+    return JSONResponse(made, status_code=200 if made["replayed"] else 201)
+
+
+@router.post("/loans/collect")
+async def collect_loans(access: AccessDep, request: Request) -> Any:
+    """Charge the interest that fell due and collect what is past due, now (``ledger serve``
+    also does this every ``LEDGER_LOAN_COLLECT_S`` seconds). The central bank's key runs it
+    for every lender, an operator's for its own loans."""
+    principal = require_operator(access)
+    lender = None if principal.is_central_bank else principal.operator
+    return await run_in_threadpool(_loans(request).collect, lender)
