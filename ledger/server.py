@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from ledger.api.app import create_app
 from ledger.config import Settings
+from ledger.credit.loans import Collector
 from ledger.service import LedgerService
 from ledger.wallets.kyc import KycStore, load_or_create_key
 from ledger.wallets.service import Wallets
@@ -48,7 +49,7 @@ def running(settings: Settings) -> Iterator[tuple[FastAPI, LedgerService]]:
         settings.origin,
         extra_migrations=[merchant_app.MIGRATIONS],
     )
-    wallets = workers = None
+    wallets = workers = collector = None
     try:
         wallets = open_wallets(ledger, settings.kyc_key_file)
         merchant_key = load_or_create_key(
@@ -59,8 +60,12 @@ def running(settings: Settings) -> Iterator[tuple[FastAPI, LedgerService]]:
         app, merchants = full_app(ledger, wallets, merchant_key)
         workers = merchant_app.Workers(merchants)
         workers.start()
+        collector = Collector(app.state.loans)
+        collector.start()
         yield app, ledger
     finally:
+        if collector is not None:
+            collector.stop()
         if workers is not None:
             workers.stop()
         if wallets is not None:

@@ -33,6 +33,9 @@ or in full (``repay``); repaying in full ends the loan and every interest not ye
 from __future__ import annotations
 
 import json
+import logging
+import os
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final
@@ -72,6 +75,10 @@ OFFER_DAYS: Final = 30
 """An approved application may be taken up within this many days of its decision."""
 DAY_MS: Final = 86_400_000
 SUBMIT_TIMEOUT_S: Final = 30.0
+COLLECT_ENV: Final = "LEDGER_LOAN_COLLECT_S"
+COLLECT_DEFAULT_S: Final = 300.0
+
+log = logging.getLogger("ledger.credit.loans")
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +482,39 @@ class Loans:
         )  # fmt: skip
         result = self._run(OP_CREATE_TRANSFERS, [t], wallet.operator)
         return amount if result.codes[0] == 0 and 0 not in result.replayed else 0
+
+
+class Collector:
+    """``Loans.collect`` every ``LEDGER_LOAN_COLLECT_S`` seconds (default 300; 0 turns it off),
+    on a thread of ``ledger serve``."""
+
+    def __init__(self, loans: Loans, interval_s: float | None = None) -> None:
+        self.loans = loans
+        self.interval_s = (
+            float(os.environ.get(COLLECT_ENV, COLLECT_DEFAULT_S))
+            if interval_s is None
+            else interval_s
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="loan-collector", daemon=True)
+
+    def start(self) -> None:
+        if self.interval_s > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(SUBMIT_TIMEOUT_S)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                done = self.loans.collect()
+                if done["collections"] or done["interest_charges"]:
+                    log.info("loans collected: %s", done)
+            except Exception:
+                log.exception("collecting loans failed; retrying")
 
 
 def _metadata(e: TransferEntry) -> dict[str, Any]:

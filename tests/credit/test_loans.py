@@ -5,15 +5,27 @@ equals principal plus charges minus repayments; ``ledger verify`` checks the man
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
+from ledger import signing
 from ledger.credit.decisions import MODEL_ENV
-from ledger.credit.loans import DAY_MS, INSTALMENTS, REVENUE_SHARE, schedule, standing
-from ledger.verify import verify
+from ledger.credit.loans import (
+    DAY_MS,
+    INSTALMENTS,
+    REVENUE_SHARE,
+    Collector,
+    schedule,
+    standing,
+)
+from ledger.verify import Mismatch, _Account, _Replay, verify
 from ledger.wallets.service import OperatorAccounts
 from tests.credit.test_applications import apply, busy_and_quiet
 from tests.credit.test_consent import DAY, grant, signed
@@ -54,6 +66,11 @@ def repay(world: World, w: W, loan: str, amount: int | None, rid: str | None = N
     if amount is not None:
         body["amount"] = amount
     return signed(world, w, "POST", f"/v1/credit/borrowers/{w.id}/loans/{loan}/repayments", body)
+
+
+def loan_state(world: World, w: W, loan: str) -> str:
+    path = f"/v1/credit/borrowers/{w.id}/loans/{loan}"
+    return str(world.api.get(path, headers=world.op).json()["state"])
 
 
 def collect(world: World) -> dict[str, int]:
@@ -215,11 +232,20 @@ def test_instalments_overdue_collection_and_early_repayment(
     assert late["past_due_fen"] == parts[1]["amount_fen"] - 2_000
     books_balance(world, person, lid)
 
-    # money comes in; the next run collects what is past due and the loan is current again
+    # money comes in; the collector's next run (a thread, as in `ledger serve`) collects what is
+    # past due and the loan is current again
     world.post("/v1/payments", world.payment(friend, person.id, spend + 10_000))
-    assert collect(world)["collected_fen"] == late["past_due_fen"]
+    collector = Collector(world.api.app.state.loans, interval_s=0.05)
+    collector.start()
+    try:
+        deadline = time.monotonic() + 30
+        while loan_state(world, person, lid) == "overdue" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        collector.stop()
     current = books_balance(world, person, lid)["loan"]
     assert current["state"] == "active" and current["owed_fen"] == 10_000
+    assert current["repaid_fen"] == parts[0]["amount_fen"] + parts[1]["amount_fen"]
 
     # repaid early in full: the third instalment's interest never falls due
     paid = repay(world, person, lid, None)
@@ -249,3 +275,26 @@ def test_the_ledger_refuses_what_no_mandate_allows(world: World) -> None:
     answer = world.api.post("/v1/transfers", json=body, headers=world.op)
     assert answer.status_code == 200, answer.text
     assert answer.json()["results"][0]["result"] == "loan_not_active"
+
+
+def test_verify_refuses_an_acceptance_the_borrower_did_not_sign() -> None:
+    """The journal's loan record must carry the borrower's signature over the very request that
+    took the loan up, for the amount lent."""
+    key, other = SigningKey.generate(), SigningKey.generate()
+    account = _Account(1, 1, 0, 300)
+    account.keys[1] = bytes(key.verify_key)
+    application = new_uuid()
+
+    def record(signer: SigningKey, amount: int, principal: int) -> dict[str, object]:
+        body = json.dumps({"application_id": application, "amount": amount})
+        message = signing.read_message("POST", "/v1/credit/borrowers/x/loans", 5, body.encode())
+        acceptance = {
+            "method": "POST", "path": "/v1/credit/borrowers/x/loans", "timestamp_ms": 5,
+            "body": body, "signature": base64.b64encode(signer.sign(message).signature).decode(),
+        }  # fmt: skip
+        return {"acceptance": acceptance, "principal_fen": principal, "application": application}
+
+    _Replay._check_acceptance(7, account, record(key, 1_000, 1_000))  # signed: passes
+    for forged in (record(other, 1_000, 1_000), record(key, 1_000, 2_000), {"principal_fen": 1}):
+        with pytest.raises(Mismatch, match="entry 7: the borrower's acceptance"):
+            _Replay._check_acceptance(7, account, forged)
