@@ -548,34 +548,68 @@ def credit_synth(
 @credit_app.command("rescore")
 def credit_rescore(
     model: Annotated[Path, typer.Option("--model", help="A model written by `credit train`.")],
-    data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="CSV of scores to write.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="A features table, one borrower per row.")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --data: a running ledger, read as the lender whose API key "
+            "--api-key-file holds (every live consent granted to it; each read journaled)."
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option("--api-key-file", help="The lender's API key, for --server.")
+    ] = None,
     scheduler: Annotated[
         str | None,
         typer.Option(help="A Dask scheduler's address. Default: a LocalCluster on 127.0.0.1."),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="LocalCluster workers.")] = 2,
 ) -> None:
-    """Re-score every row of a features table with Dask (the nightly batch): score,
-    probability of bad and the top reason, in the table's order."""
+    """Re-score borrowers with Dask (the nightly batch): score, probability of bad and the
+    top reason per row, in the table's order; from --server, each row also names the borrower
+    and the consent its features were read under."""
     from contextlib import nullcontext
 
+    import httpx
+    import pandas as pd
     from dask.distributed import Client
 
-    from ledger.credit.rescore import local_cluster, rescore
+    from ledger.credit.rescore import LedgerReadError, features_from_ledger, local_cluster, rescore
     from ledger.credit.scorecard import CreditDataError, Scorecard, read_table
 
+    if (data is None) == (server is None) or (server is not None and api_key_file is None):
+        err.print("[red]error[/] give --data FILE, or --server URL with --api-key-file")
+        raise typer.Exit(2)
+    ids = pd.DataFrame()
     try:
         card = Scorecard.load(model)
-        table = read_table(data)
-        card.select(table)
-    except CreditDataError as exc:
+        if server is not None and api_key_file is not None:
+            key = api_key_file.read_text().strip()
+            headers = {"Authorization": f"Bearer {key}"}
+            with (
+                err.status(f"reading features under consents from {server}"),
+                httpx.Client(base_url=server, headers=headers, timeout=30) as http,
+            ):
+                table = features_from_ledger(http)
+            ids, table = table[["borrower", "consent"]], table.drop(columns=["borrower", "consent"])
+        else:
+            assert data is not None
+            table = read_table(data)
+        if len(table):
+            card.select(table)
+    except (CreditDataError, LedgerReadError, httpx.HTTPError, OSError) as exc:
         err.print(f"[red]error[/] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    cluster = local_cluster(workers) if scheduler is None else nullcontext(Client(scheduler))
-    with err.status(f"re-scoring {len(table):,} rows"), cluster as client:
-        scores = rescore(client, card, table)
-    scores.to_csv(out, index=False)
+    if len(table):
+        cluster = local_cluster(workers) if scheduler is None else nullcontext(Client(scheduler))
+        with err.status(f"re-scoring {len(table):,} rows"), cluster as client:
+            scores = rescore(client, card, table)
+    else:
+        scores = pd.DataFrame(columns=["score", "probability_bad", "top_reason"])
+    pd.concat([ids.reset_index(drop=True), scores], axis=1).to_csv(out, index=False)
     err.print(f"{out}: {len(scores):,} rows scored", soft_wrap=True)
 
 

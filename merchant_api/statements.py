@@ -17,7 +17,7 @@ The file (UTF-8, ``\\n`` line ends) is self-contained::
     seq,time,type,transfer_id,payment_order,out_trade_no,out_refund_no,counterparty,amount_fen,fee_fen
     <one CSV row per transfer entry, in journal order>
     # total: type=payment count=3 amount_fen=3702 fee_fen=0
-    # total: type=refund ... (then settlement, sweep, other: always all five)
+    # total: type=refund ... (then settlement, sweep, loan, other: always all six)
     # net_fen: ...
     # opening_balance_fen: ...
     # closing_balance_fen: ...
@@ -79,13 +79,16 @@ COLUMNS: Final = (
     "amount_fen",
     "fee_fen",
 )
-TYPES: Final = ("payment", "refund", "settlement", "sweep", "other")
+TYPES: Final = ("payment", "refund", "settlement", "sweep", "loan", "other")
 TYPE_OF_CODE: Final = {
     codes.PAYMENT: "payment",
     codes.REFUND: "refund",
     codes.REDEEM_ECNY: "settlement",
     codes.WATERFALL_ECNY: "sweep",
     codes.REVERSE_WATERFALL_ECNY: "sweep",
+    codes.LOAN_DISBURSE: "loan",
+    codes.LOAN_REVENUE_SHARE: "loan",
+    codes.LOAN_REPAYMENT: "loan",
 }
 """Transfer codes -> row types; any other code touching the wallet is "other"."""
 FEES_LINE: Final = "# fees: none (e-CNY merchants pay no fees in the pilot; fee_fen is always 0)"

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from ledger.credit.features import DAY_NS, Flow, individual_features, merchant_features
 from ledger.domain import AuditRecord, TransferFlags
-from ledger.engine import OP_RECORDS
+from ledger.engine import OP_RECORDS, RECORD_AUDIT
 from ledger.entry import RecordEntry
 from ledger.service import LedgerService
 from ledger.store.queries import Reader
@@ -87,6 +87,8 @@ class CreditData:
 
     def __init__(self, ledger: LedgerService, reader: Reader) -> None:
         self.ledger, self.reader = ledger, reader
+        self._borrowers_of: dict[str, set[int]] = {}  # lender -> borrowers that granted it one
+        self._seen_seq = 0
 
     def now_ms(self) -> int:
         """The ledger's clock: consents expire, and windows end, by the time entries carry."""
@@ -136,6 +138,20 @@ class CreditData:
             if cid in found:
                 found[cid].journal.append(seq)
         return found
+
+    def granted_to(self, lender: str) -> list[Consent]:
+        """Every consent granted to ``lender``, of every borrower, ordered by id (what nightly
+        re-scoring walks). Grants are learnt from the records index since the last call."""
+        for seq, rec in self.reader.records_of_kind(RECORD_AUDIT, self._seen_seq):
+            self._seen_seq = seq
+            if rec.type == GRANTED:
+                data = rec.data()
+                borrower = uuid.UUID(str(data["wallet"])).int
+                self._borrowers_of.setdefault(str(data["lender"]), set()).add(borrower)
+        out: list[Consent] = []
+        for borrower in self._borrowers_of.get(lender, ()):
+            out += [c for c in self.consents(borrower).values() if c.lender == lender]
+        return sorted(out, key=lambda c: c.id)
 
     def consent(self, borrower: int, consent_id: int) -> Consent:
         found = self.consents(borrower).get(consent_id)

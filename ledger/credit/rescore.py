@@ -5,6 +5,10 @@ scorecard (shipped to the workers once), returning score, probability of bad and
 per row, in the table's order. ``score_table`` is the single-process reference it must equal.
 ``local_cluster`` starts the 2-worker ``LocalCluster`` on 127.0.0.1 that ``ledger credit
 rescore`` uses unless it is given a scheduler address.
+
+``features_from_ledger`` is the nightly job's input: it asks a running ledger, as a lender, for
+every live consent borrowers granted it, and reads each borrower's features under its consent
+(each read journaled by the ledger, as any other). Only aggregates cross the wire.
 """
 
 from __future__ import annotations
@@ -19,6 +23,50 @@ from ledger.credit.scorecard import Scorecard, probability_from_score
 
 PARTITION_ROWS: Final = 5_000
 COLUMNS: Final = ("score", "probability_bad", "top_reason")
+
+
+class LedgerReadError(RuntimeError):
+    """The ledger refused a read (its error code and message)."""
+
+
+def features_from_ledger(http: Any, page_limit: int = 1000) -> pd.DataFrame:
+    """One row per live consent granted to the lender whose API key ``http`` (an
+    ``httpx.Client`` with base URL and Authorization set) carries: ``borrower``, ``consent``,
+    then the features, read under that consent. A consent revoked or expired since it was
+    listed is skipped; any other refusal raises ``LedgerReadError``."""
+    rows: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"status": "active", "limit": page_limit}
+        if after is not None:
+            params["starting_after"] = after
+        page = _json(http.get("/v1/credit/consents", params=params))
+        for consent in page["data"]:
+            answer = http.get(
+                f"/v1/credit/borrowers/{consent['borrower']}/features",
+                params={"consent_id": consent["id"], "purpose": consent["purpose"]},
+            )
+            if answer.status_code == 403:  # revoked or expired meanwhile: no consent, no row
+                continue
+            read = _json(answer)
+            rows.append({"borrower": read["borrower"], "consent": read["consent"],
+                         **read["features"]})  # fmt: skip
+        if not page["has_more"]:
+            break
+        after = page["data"][-1]["id"]
+    return pd.DataFrame(rows, columns=None if rows else ["borrower", "consent"])
+
+
+def _json(answer: Any) -> dict[str, Any]:
+    if answer.status_code != 200:
+        try:
+            error = answer.json()["error"]
+            message = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            message = answer.text[:200]
+        raise LedgerReadError(f"{answer.request.method} {answer.request.url.path}: {message}")
+    data: dict[str, Any] = answer.json()
+    return data
 
 
 def score_table(card: Scorecard, table: pd.DataFrame) -> pd.DataFrame:

@@ -153,6 +153,32 @@ async def revoke_consent(
     return consent.view(_credit(request).now_ms())
 
 
+CONSENT_PAGE_MAX = 1000
+
+
+@router.get("/consents")
+def consents_granted(
+    access: AccessDep,
+    request: Request,
+    status: Annotated[Literal["active", "revoked", "expired", "all"], Query()] = "active",
+    limit: Annotated[int, Query(ge=1, le=CONSENT_PAGE_MAX)] = 100,
+    starting_after: Annotated[str | None, Query(description="A consent id.")] = None,
+) -> Any:
+    """The consents borrowers granted you (your API key), ordered by id: what a nightly
+    re-scoring reads features under."""
+    lender = require_operator(access).operator
+    now = _credit(request).now_ms()
+    found = [c for c in _credit(request).granted_to(lender) if status in ("all", c.status(now))]
+    if starting_after is not None:
+        after = _id(starting_after, "starting_after", "consent_not_found")
+        found = [c for c in found if c.id > after]
+    return {
+        "object": "list",
+        "data": [c.view(now) for c in found[:limit]],
+        "has_more": len(found) > limit,
+    }
+
+
 @router.get("/borrowers/{wallet_id}/features")
 async def read_features(
     wallet_id: str,
