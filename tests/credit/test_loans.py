@@ -56,6 +56,13 @@ def books_balance(world: World, w: W, loan_id: str) -> dict[str, Any]:
     return body
 
 
+def mandate_after_restart(world: World, w: W) -> tuple[int, int]:
+    """The wallet's mandate as a restarted writer would load it from the database."""
+    recovered = world.service.store.recover()
+    wallet = next(x for x in recovered.wallets if x.id == w.int_id)
+    return wallet.loan_account, wallet.loan_share_bp
+
+
 def take(world: World, w: W, application: str, amount: int) -> Any:
     body = {"application_id": application, "amount": amount}
     return signed(world, w, "POST", f"/v1/credit/borrowers/{w.id}/loans", body)
@@ -125,6 +132,7 @@ def test_revenue_share_loan_from_real_payments(
     assert balance(world, shop.id) == before_shop + limit
     assert balance(world, float_id) == before_float - limit, "lent from the float, not created"
     books_balance(world, shop, loan["id"])
+    assert mandate_after_restart(world, shop) == (uuid.UUID(loan["id"]).int, 1_000)
 
     again = take(world, shop, offer["id"], limit)
     assert again.status_code == 201 and again.json()["id"] == loan["id"]
@@ -170,6 +178,7 @@ def test_revenue_share_loan_from_real_payments(
     done = books_balance(world, shop, loan["id"])
     assert done["loan"]["state"] == "repaid" and done["loan"]["owed_fen"] == 0
     assert done["totals"]["repaid_fen"] == limit + fee
+    assert mandate_after_restart(world, shop) == (0, 0), "the mandate ends with the loan"
     after = balance(world, shop.id)
     world.post("/v1/payments", world.payment(customer, shop.id, 1_000))
     assert balance(world, shop.id) == after + 1_000, "no share once the loan is repaid"
