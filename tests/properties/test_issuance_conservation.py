@@ -1,12 +1,16 @@
-"""e-CNY is conserved: whatever sequence of issuance, redemption, top-ups, payments and
-waterfalls runs, the e-CNY in circulation equals what the central bank issued minus what it
-redeemed, and the ledger stays zero-sum. Driven through the real wallet service on SQLite;
-``ledger verify`` re-checks everything (signatures included) at the end."""
+"""e-CNY is conserved: whatever sequence of issuance, redemption, top-ups, payments, waterfalls,
+loans and their repayments runs, the e-CNY in circulation equals what the central bank issued
+minus what it redeemed, and the ledger stays zero-sum. A loan is never repaid beyond what it
+owes, and a wallet has a mandate exactly while it owes. Driven through the real wallet service on
+SQLite; ``ledger verify`` re-checks everything (signatures and mandates included) at the end."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
+import uuid
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -14,12 +18,15 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from ledger import entry, signing
+from ledger.credit.loans import LenderAccounts
+from ledger.domain import Account, AccountFlags, Disbursement, Transfer
+from ledger.engine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, OP_DISBURSE_LOANS
 from ledger.ids import new_id
 from ledger.service import LedgerService
 from ledger.verify import verify
 from ledger.wallets import codes
 from ledger.wallets.kyc import KycStore
-from ledger.wallets.service import SignedPayment, Wallets
+from ledger.wallets.service import CNY, SignedPayment, Wallets
 
 OPERATORS = ("op_a", "op_b")
 amounts = st.integers(1, 1_500_000)  # class 4 caps at 1,000,000 fen: caps and sweeps happen
@@ -30,6 +37,14 @@ steps = st.lists(
         st.tuples(st.just("top_up"), st.integers(0, 3), amounts),
         st.tuples(st.just("redeem"), st.integers(0, 3), amounts),
         st.tuples(st.just("pay"), st.integers(0, 3), st.integers(0, 3), amounts),
+        st.tuples(
+            st.just("lend"),
+            st.integers(0, 3),
+            amounts,
+            st.integers(0, 50_000),
+            st.sampled_from([0, 1_000, 5_000, 10_000]),
+        ),
+        st.tuples(st.just("repay"), st.integers(0, 3), amounts),
     ),
     max_size=25,
 )
@@ -43,6 +58,7 @@ class Pilot:
         self.service = service
         self.wallets = Wallets(service, KycStore(service.store.engine, b"k" * 32))
         self.issued = self.redeemed = 0
+        self.loans: dict[int, int] = {}  # receivable -> principal + fee
         for op in OPERATORS:
             assert self.wallets.onboard_operator(op).result().codes == [0, 0, 0]
             assert self.wallets.deposit_reserves(new_id(), op, 10**12).result().codes == [0]
@@ -97,6 +113,47 @@ class Pilot:
             _, a, b, amount = step
             if a != b:
                 self.pay(a, b, amount)
+        elif kind == "lend":
+            self.lend(*step[1:])
+        elif kind == "repay":
+            wallet = self.wallets.wallet(self.ids[step[1]])
+            assert wallet is not None
+            t = Transfer(new_id(), wallet.id, wallet.float_account, step[2], CNY,
+                         codes.LOAN_REPAYMENT)  # fmt: skip
+            self.service.submit(OP_CREATE_TRANSFERS, [t], wallet.operator).result()
+
+    def lend(self, i: int, principal: int, fee: int, share_bp: int) -> None:
+        """A loan under a signed acceptance, as ``ledger.credit.loans`` makes one."""
+        op, loan = OPERATORS[i % 2], new_id()
+        lender = LenderAccounts.of(op)
+        accounts = [
+            Account(lender.book, CNY, codes.LOAN_BOOK, 0, "book", op),
+            Account(lender.income, CNY, codes.LOAN_INCOME, 0, "income", op),
+            Account(
+                loan,
+                CNY,
+                codes.LOAN_RECEIVABLE,
+                AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
+                "loan",
+                op,
+            ),
+        ]
+        assert self.service.submit(OP_CREATE_ACCOUNTS, accounts, op).result().codes == [0, 0, 0]
+        application = str(uuid.UUID(int=new_id()))
+        body = json.dumps({"application_id": application, "amount": principal})
+        message = signing.read_message("POST", "/loans", 1, body.encode())
+        acceptance = {
+            "method": "POST",
+            "path": "/loans",
+            "timestamp_ms": 1,
+            "body": body,
+            "signature": base64.b64encode(self.keys[i].sign(message).signature).decode(),
+        }
+        terms: dict[str, object] = {"application": application, "acceptance": acceptance}
+        d = Disbursement(loan, self.ids[i], lender.book, lender.income, principal, fee, share_bp,
+                         terms)  # fmt: skip
+        if self.service.submit(OP_DISBURSE_LOANS, [d], op).result().codes == [0]:
+            self.loans[loan] = principal + fee
 
     def signed(self, payer: int, payee: int, amount: int) -> SignedPayment:
         pid, expires = new_id(), time.time_ns() // 1_000_000 + 60_000
@@ -117,6 +174,17 @@ class Pilot:
         for account in state.accounts.values():
             if account.wallet is not None:
                 assert account.credits_posted - account.debits_posted >= 0
+                loan = account.wallet.loan_account
+                if loan:  # a mandate only while something is owed
+                    owed = state.accounts[loan].debits_posted - state.accounts[loan].credits_posted
+                    assert owed > 0
+        for loan, lent in self.loans.items():
+            receivable = state.accounts[loan]
+            assert receivable.debits_posted == lent, "only the disbursement debits it here"
+            assert 0 <= receivable.credits_posted <= lent, "never repaid beyond what it owes"
+            if receivable.credits_posted == lent:
+                assert all(a.wallet is None or a.wallet.loan_account != loan
+                           for a in state.accounts.values())  # fmt: skip
 
 
 def test_e_cny_is_conserved_through_any_sequence(tmp_path: Path) -> None:
@@ -143,6 +211,7 @@ def test_e_cny_is_conserved_through_any_sequence(tmp_path: Path) -> None:
             bodies = [bytes(r[0]) for r in conn.execute(text("SELECT body FROM journal_entries"))]
         legs = {e.code for b in bodies if isinstance(e := entry.decode(b), entry.TransferEntry)}
         assert {codes.WATERFALL_ECNY, codes.REVERSE_WATERFALL_ECNY} <= legs
+        assert {codes.LOAN_DISBURSE, codes.LOAN_REVENUE_SHARE, codes.LOAN_REPAYMENT} <= legs
     finally:
         pilot.wallets.close()
         service.close()
