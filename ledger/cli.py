@@ -539,7 +539,10 @@ def credit_synth(
 
     with err.status(f"{merchants:,} merchants over {days} days"):
         truth = synthetic.plan(merchants, customers, days, seed)
-        table = synthetic.features_table(truth, synthetic.sales(truth, customers, days, seed), days)
+        sold = synthetic.sales(truth, customers, days, seed)
+        table = synthetic.features_table(
+            truth, sold, days, synthetic.refunds(truth, sold, days, seed)
+        )
     table.to_csv(out, index=False)
     bad = int((table.defaulted == "yes").sum())
     err.print(f"{out}: {len(table):,} merchants, {bad:,} defaulted", soft_wrap=True)

@@ -19,7 +19,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ledger.credit.features import DAY_NS, Flow, individual_features, merchant_features
+from ledger.credit.features import (
+    DAY_NS,
+    LONGEST_DAYS,
+    Flow,
+    individual_features,
+    merchant_features,
+)
 from ledger.domain import AuditRecord, TransferFlags
 from ledger.engine import OP_RECORDS, RECORD_AUDIT
 from ledger.entry import RecordEntry
@@ -257,7 +263,8 @@ class CreditData:
             },
         )
         state = self.ledger.sequencer.engine.state
-        since = now_ns - consent.window_days * DAY_NS  # nothing older than the consent allows
+        # nothing older than the consent allows, nor than any feature needs
+        since = now_ns - min(consent.window_days, LONGEST_DAYS) * DAY_NS
         flows: list[Flow] = []
         balance, opened = 0, now_ns
         for account_id in consent.accounts:

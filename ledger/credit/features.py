@@ -20,7 +20,8 @@ from ledger.wallets import codes
 DAY_NS: Final = 86_400 * 10**9
 CST_OFFSET_NS: Final = 8 * 3600 * 10**9
 WINDOWS: Final = (30, 90, 365)
-LONGEST_DAYS: Final = max(WINDOWS) + 30  # growth compares the last 30 days with the 30 before
+LONGEST_DAYS: Final = max(WINDOWS)
+"""No feature looks further back (the drop compares the last 30 days with the 90 before them)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,13 @@ published. Health drives:
 - how loyal its customers are: the share of sales from its regulars is 0.2 + 0.6 * health;
 - whether a shock hits: with probability 0.7 * (1 - health), sales fall to 30 % from a day in
   the second half of the run;
-- whether it eventually defaults: a logistic function of health, more likely after a shock.
+- whether it eventually defaults: a logistic function of health, more likely after a shock;
+- how many sales come back: each is refunded with probability 0.02 + 0.10 * (1 - health),
+  0 to 3 days later, in full (70 %) or in half.
 
-``sales`` turns the plan into the payments to make; the tests write them into a real ledger as
-signed wallet payments, day by day, and check that the cash-flow features recover the signal.
-Refunds are not generated yet: they go through the merchant API, which this module does not use.
+``sales`` and ``refunds`` turn the plan into the payments and refunds to make; the tests write
+them into a real ledger as signed wallet transfers, day by day, and check that the cash-flow
+features recover the signal.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ class Sale:
     merchant: int
     customer: int
     amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    day: int
+    merchant: int
+    customer: int
+    amount: int
+    sale: int
+    """The index of the refunded sale in ``sales``' list."""
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
@@ -89,10 +101,27 @@ def sales(truth: list[Merchant], customers: int, days: int, seed: int) -> list[S
     return out
 
 
-def features_table(truth: list[Merchant], sold: list[Sale], days: int) -> Any:
-    """One row per merchant: the cash-flow features its sales give at the end of the run (the
-    same functions the ledger's feature reads use), and ``defaulted`` (yes/no): a table for
-    ``ledger credit train --target defaulted --bad yes``. Pure: no ledger is written."""
+def refunds(truth: list[Merchant], sold: list[Sale], days: int, seed: int) -> list[Refund]:
+    """The sales that come back, by day (a third stream, same seed): a refund never comes
+    before its sale, nor after the run."""
+    rng = random.Random(seed + 2)
+    out = []
+    for i, s in enumerate(sold):
+        if rng.random() >= 0.02 + 0.10 * (1 - truth[s.merchant].health):
+            continue
+        day, full = s.day + rng.randrange(0, 4), rng.random() < 0.7
+        if day < days:
+            out.append(Refund(day, s.merchant, s.customer, s.amount if full else s.amount // 2, i))
+    return sorted(out, key=lambda r: (r.day, r.sale))
+
+
+def features_table(
+    truth: list[Merchant], sold: list[Sale], days: int, refunded: list[Refund] | None = None
+) -> Any:
+    """One row per merchant: the cash-flow features its sales (less ``refunded``) give at the
+    end of the run (the same functions the ledger's feature reads use), and ``defaulted``
+    (yes/no): a table for ``ledger credit train --target defaulted --bad yes``. Pure: no ledger
+    is written."""
     import pandas as pd
 
     from ledger.credit.features import DAY_NS, Flow, individual_features, merchant_features
@@ -102,9 +131,12 @@ def features_table(truth: list[Merchant], sold: list[Sale], days: int) -> Any:
     for i, s in enumerate(sold):  # sales spread over their day, in order
         at = s.day * DAY_NS + (i % 1000 + 1) * (DAY_NS // 1002)
         flows[s.merchant].append(Flow(at, s.amount, True, s.customer, codes.PAYMENT))
+    for r in refunded or []:  # at the end of their day, after the day's sales
+        at = r.day * DAY_NS + DAY_NS - 1 - r.sale % 1000
+        flows[r.merchant].append(Flow(at, r.amount, False, r.customer, codes.REFUND))
     rows = []
     for merchant, own in zip(truth, flows, strict=True):
-        balance = sum(f.amount for f in own)
+        balance = sum(f.amount if f.incoming else -f.amount for f in own)
         row: dict[str, object] = {
             **merchant_features(own, now, 0, balance),
             **individual_features(own, now, balance),
