@@ -248,12 +248,13 @@ class Engine:
                 results.append(self._create_accounts(items))
             elif op == OP_CLOSE_ACCOUNTS:
                 results.append(self._close_accounts(items))
-            elif op in (OP_OPEN_WALLETS, OP_UPDATE_WALLETS, OP_RECORDS, OP_ACTIVATE_LIMITS):
+            elif op in (
+                OP_OPEN_WALLETS, OP_UPDATE_WALLETS, OP_RECORDS, OP_ACTIVATE_LIMITS,
+                OP_DISBURSE_LOANS,
+            ):  # fmt: skip
                 results.append(self._wallet_ops(op, items))
             elif op == OP_CANCEL_IDS:
                 results.append(self._cancel_ids(items))
-            elif op == OP_DISBURSE_LOANS:
-                results.append(self._disburse_loans(items))
             else:
                 raise AssertionError(f"unknown operation {op}")
         self._check_zero_sum()
@@ -829,16 +830,6 @@ class Engine:
         w.loan_account, w.loan_book, w.loan_share_bp = loan_account, book, share_bp
         self._touched_wallets[w.id] = w
 
-    def _disburse_loans(self, items: list[Disbursement]) -> OpResult:
-        out = OpResult([])
-        for i, d in enumerate(items):
-            code = self._disburse(d)
-            if code < 0:
-                out.replayed.add(i)
-                code = _OK
-            out.codes.append(code)
-        return out
-
     def _disburse(self, d: Disbursement) -> int:
         """Principal from the float to the wallet, the receivable debited by principal and fee,
         and the wallet's repayment mandate set: all of it, or none (a retry is a replay)."""
@@ -921,7 +912,7 @@ class Engine:
         w.spent_year += amount
         self._touched_wallets[w.id] = w
 
-    # -- wallet operations (each a journal record) ----------------------------------------------
+    # -- wallet operations (each a journal record; a disbursement too) -------------------------
 
     def _wallet_ops(self, op: int, items: list) -> OpResult:
         out = OpResult([])
@@ -933,6 +924,8 @@ class Engine:
                 code = self._update_wallet(item)
             elif op == OP_RECORDS:
                 code = self._audit(item)
+            elif op == OP_DISBURSE_LOANS:
+                code = self._disburse(item)
             else:
                 code = self._activate_limits(item)
             if code < 0:

@@ -95,6 +95,15 @@ def _refuse(exc: ConsentError) -> APIError:
     return APIError(exc.status, exc.code, exc.message, exc.param)
 
 
+def _borrower_or_lender(access: Access, wallet_id: str) -> tuple[int, str | None]:
+    """The borrower reading its own (signed; lender None), or a lender reading what concerns
+    it (its operator name). Another wallet is told the borrower does not exist."""
+    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    if access.wallet_id is not None and access.wallet_id != borrower:
+        raise APIError(404, "wallet_not_found", "no such wallet", "wallet_id")
+    return borrower, None if access.wallet_id == borrower else require_operator(access).operator
+
+
 def _borrower(access: Access, wallet_id: str) -> int:
     """The wallet acting on its own consents: it must sign the request itself."""
     borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
@@ -126,10 +135,7 @@ async def grant_consent(
 @router.get("/borrowers/{wallet_id}/consents")
 def list_consents(wallet_id: str, access: AccessDep, request: Request) -> Any:
     """The borrower's consents (signed by the wallet); a lender sees those granted to it."""
-    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
-    if access.wallet_id is not None and access.wallet_id != borrower:
-        raise APIError(404, "wallet_not_found", "no such wallet", "wallet_id")
-    lender = None if access.wallet_id == borrower else require_operator(access).operator
+    borrower, lender = _borrower_or_lender(access, wallet_id)
     try:
         found = _credit(request).consents(borrower)
     except ConsentError as exc:
@@ -305,10 +311,7 @@ def _loan_reader(access: Access, request: Request, wallet_id: str, loan_id: str)
 @router.get("/borrowers/{wallet_id}/loans")
 def list_loans(wallet_id: str, access: AccessDep, request: Request) -> Any:
     """The borrower's loans (signed by its wallet); a lender sees those it made."""
-    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
-    if access.wallet_id is not None and access.wallet_id != borrower:
-        raise APIError(404, "wallet_not_found", "no such wallet", "wallet_id")
-    lender = None if access.wallet_id == borrower else require_operator(access).operator
+    borrower, lender = _borrower_or_lender(access, wallet_id)
     found = _loans(request).loans_of(borrower)
     return {"data": [loan for loan in found if lender is None or loan["lender"] == lender]}
 
