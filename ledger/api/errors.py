@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ledger.api.models import parse_id
 from ledger.auth import AuthError
 from ledger.domain import BATCH_MAX
 from ledger.sequencer import LedgerUnavailable, Overloaded
@@ -60,6 +61,17 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
         self.headers = headers or {}
+
+
+def id_or_404(value: str, thing: str, param: str) -> int:
+    """A path's id as its 128-bit integer; a malformed one names nothing, so it is the same 404
+    as an id that does not exist (``{thing}_not_found``)."""
+    try:
+        return parse_id(value)
+    except ValueError:
+        raise APIError(
+            404, f"{thing}_not_found", f"no such {thing.replace('_', ' ')}", param
+        ) from None
 
 
 def request_id(request: Request) -> str:

@@ -9,24 +9,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from ledger.api.deps import ReaderDep
-from ledger.api.models import parse_id
+from ledger.api.errors import id_or_404
 from ledger.api.views import item_results, receipt
 from ledger.wallets.service import SignedPayment
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
 from merchant_api.schemas import CaptureCode, OrderCreate, OrderPayment
-from merchant_api.service import MerchantError, MerchantService
+from merchant_api.service import MerchantService
 
 router = APIRouter(prefix="/v1/payment_orders", tags=["payment orders"])
 PAGE_LIMIT_MAX = 100
-
-
-def _order_id(value: str) -> int:
-    try:
-        return parse_id(value)
-    except ValueError:
-        raise MerchantError(
-            404, "payment_order_not_found", "no such payment order", "payment_order"
-        ) from None
 
 
 @router.post("", status_code=201)
@@ -49,7 +40,7 @@ async def create_payment_order(
 
 @router.get("/{order_id}")
 def read_payment_order(order_id: str, ctx: MerchantDep, service: ServiceDep) -> Any:
-    return service.view(service.order(ctx, _order_id(order_id)))
+    return service.view(service.order(ctx, id_or_404(order_id, "payment_order", "payment_order")))
 
 
 @router.get("")
@@ -63,7 +54,7 @@ def list_payment_orders(
     created_lte: Annotated[int | None, Query(description="Unix seconds")] = None,
 ) -> Any:
     """Newest first, cursor-paginated (``starting_after``), filtered by status and date."""
-    cursor = _order_id(starting_after) if starting_after else None
+    cursor = id_or_404(starting_after, "payment_order", "payment_order") if starting_after else None
     views: list[dict[str, Any]] = []
     has_more = True
     while has_more and len(views) < limit:  # status is derived, so it filters after reading
@@ -90,7 +81,7 @@ async def cancel_payment_order(
     """Cancel an unpaid order (again: the same answer). A paid order: 409."""
 
     async def run() -> JSONResponse:
-        order = await service.cancel(ctx, _order_id(order_id))
+        order = await service.cancel(ctx, id_or_404(order_id, "payment_order", "payment_order"))
         return JSONResponse(service.view(order))
 
     return await idempotent(request, ctx, run)
@@ -104,7 +95,9 @@ async def capture_payment_code(
     ledger checks its signature, expiry and single use, and pays the order once."""
 
     async def run() -> JSONResponse:
-        order, transfer, result = await service.capture(ctx, _order_id(order_id), body.payment_code)
+        order, transfer, result = await service.capture(
+            ctx, id_or_404(order_id, "payment_order", "payment_order"), body.payment_code
+        )
         return JSONResponse(_outcome(service, order, transfer, result, None, None))
 
     return await idempotent(request, ctx, run)
@@ -116,7 +109,7 @@ async def pay_payment_order(
 ) -> Any:
     """A wallet pays an order it scanned: a payment signed by the payer whose id is the order
     id. No API key: the signature is the authority. Exactly once, however many try."""
-    oid = _order_id(order_id)
+    oid = id_or_404(order_id, "payment_order", "payment_order")
     order = service.order(None, oid)
     payment = SignedPayment(
         oid,

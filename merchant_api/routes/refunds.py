@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ledger.api.models import parse_id
+from ledger.api.errors import id_or_404
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
 from merchant_api.schemas import RefundCreate
 from merchant_api.service import MerchantError
@@ -49,20 +49,14 @@ async def create_refund(
 
 @router.get("/{refund_id}")
 def read_refund(refund_id: str, ctx: MerchantDep, service: ServiceDep) -> Any:
-    try:
-        rid = parse_id(refund_id)
-    except ValueError:
-        raise MerchantError(404, "refund_not_found", "no such refund", "refund") from None
+    rid = id_or_404(refund_id, "refund", "refund")
     return service.refund_view(service.refund_by_id(ctx, rid))
 
 
 @router.get("")
 def list_refunds(payment_order: str, ctx: MerchantDep, service: ServiceDep) -> Any:
     """The refunds of one order, oldest first."""
-    try:
-        oid = parse_id(payment_order)
-    except ValueError:
-        raise MerchantError(404, "payment_order_not_found", "no such payment order") from None
+    oid = id_or_404(payment_order, "payment_order", "payment_order")
     order = service.order(ctx, oid)
     refunds = [service.refund_view(r, t) for r, t in service.refunds_of(order)]
     return {"object": "list", "data": refunds, "has_more": False}

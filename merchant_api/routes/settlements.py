@@ -8,10 +8,10 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from ledger.api.models import AmountFen, parse_id
+from ledger.api.errors import id_or_404
+from ledger.api.models import AmountFen
 from merchant_api import settlements
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
-from merchant_api.service import MerchantError
 
 router = APIRouter(prefix="/v1/settlements", tags=["settlements"])
 PAGE_LIMIT_MAX = 100
@@ -21,15 +21,6 @@ class SettlementCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     amount: AmountFen | None = None
     """Default: the wallet's whole available balance."""
-
-
-def _settlement_id(value: str) -> int:
-    try:
-        return parse_id(value)
-    except ValueError:
-        raise MerchantError(
-            404, "settlement_not_found", "no such settlement", "settlement"
-        ) from None
 
 
 @router.post("", status_code=201)
@@ -54,7 +45,9 @@ async def create_settlement(
 
 @router.get("/{settlement_id}")
 def read_settlement(settlement_id: str, ctx: MerchantDep, service: ServiceDep) -> Any:
-    return settlements.view(settlements.by_id(ctx, service, _settlement_id(settlement_id)))
+    return settlements.view(
+        settlements.by_id(ctx, service, id_or_404(settlement_id, "settlement", "settlement"))
+    )
 
 
 @router.get("")
@@ -65,6 +58,6 @@ def list_settlements(
     starting_after: Annotated[str | None, Query(description="A settlement id.")] = None,
 ) -> Any:
     """The caller's settlements (manual and daily), newest first, cursor-paginated."""
-    cursor = _settlement_id(starting_after) if starting_after else None
+    cursor = id_or_404(starting_after, "settlement", "settlement") if starting_after else None
     rows, has_more = settlements.page(ctx, service, limit, cursor)
     return {"object": "list", "data": [settlements.view(r) for r in rows], "has_more": has_more}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from ledger.api.deps import CurrentPrincipal, LedgerDep, ReaderDep, visible_account
-from ledger.api.errors import APIError
+from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import (
     AccountBatch,
     AccountPublic,
@@ -17,7 +17,6 @@ from ledger.api.models import (
     BatchResults,
     EntryPage,
     format_id,
-    parse_id,
 )
 from ledger.api.views import account_view, entry_view, item_results
 from ledger.domain import ACCOUNT_FLAG_NAMES, CURRENCIES, Account, CloseAccount
@@ -54,7 +53,9 @@ async def create_accounts(
 
 @router.get("/{account_id}", response_model=AccountPublic)
 def read_account(account_id: str, principal: CurrentPrincipal, reader: ReaderDep) -> Any:
-    return account_view(visible_account(reader, principal, _id(account_id)))
+    return account_view(
+        visible_account(reader, principal, id_or_404(account_id, "account", "account_id"))
+    )
 
 
 @router.get("/{account_id}/entries", response_model=EntryPage)
@@ -68,7 +69,7 @@ def list_account_entries(
     ] = None,
 ) -> Any:
     """The account's journal entries, newest first, cursor-paginated by sequence number."""
-    account = visible_account(reader, principal, _id(account_id))
+    account = visible_account(reader, principal, id_or_404(account_id, "account", "account_id"))
     rows = reader.history(account.n, limit + 1, starting_after)
     return {
         "object": "list",
@@ -85,7 +86,7 @@ def read_balance(
     as_of_seq: Annotated[int | None, Query(ge=0)] = None,
 ) -> Any:
     """Balances right after journal entry ``as_of_seq`` (default: now)."""
-    account = visible_account(reader, principal, _id(account_id))
+    account = visible_account(reader, principal, id_or_404(account_id, "account", "account_id"))
     latest = reader.latest_checkpoint()
     size = latest.size if latest else 0
     if as_of_seq is None:
@@ -130,15 +131,8 @@ async def close_account(
     account_id: str, principal: CurrentPrincipal, ledger: LedgerDep, reader: ReaderDep
 ) -> JSONResponse:
     """Close an account: no transfer may touch it again. Idempotent."""
-    account = visible_account(reader, principal, _id(account_id))
+    account = visible_account(reader, principal, id_or_404(account_id, "account", "account_id"))
     result = await ledger.execute(OP_CLOSE_ACCOUNTS, [CloseAccount(account.id)])
     closed = reader.account_closed(account.id) if result.codes == [0] else None
     seq, timestamp = (closed.seq, closed.entry.timestamp) if closed else (-1, 0)
     return JSONResponse(item_results([_Closed(account.id, seq, timestamp)], result))
-
-
-def _id(value: str) -> int:
-    try:
-        return parse_id(value)
-    except ValueError as exc:
-        raise APIError(404, "account_not_found", str(exc), param="account_id") from None

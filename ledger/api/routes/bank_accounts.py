@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ledger.api.deps import CurrentPrincipal, ReaderDep, visible_account
-from ledger.api.errors import APIError
-from ledger.api.models import BankAccountCreate, BatchResults, MoneyMove, parse_id
+from ledger.api.errors import APIError, id_or_404
+from ledger.api.models import BankAccountCreate, BatchResults, MoneyMove
 from ledger.api.views import item_results
 from ledger.wallets import codes
 from ledger.wallets.service import Wallets
@@ -37,10 +37,7 @@ async def create_cash_deposit(
     request: Request,
 ) -> Any:
     """The customer pays cash (or salary arrives) into the deposit: bank money, not e-CNY."""
-    try:
-        target = parse_id(account_id)
-    except ValueError:
-        raise APIError(404, "account_not_found", "no such account", "account_id") from None
+    target = id_or_404(account_id, "account", "account_id")
     account = visible_account(reader, principal, target)
     if account.code != codes.BANK_DEPOSIT or principal.is_central_bank:
         raise APIError(404, "account_not_found", "no such bank account", "account_id")

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from ledger.api.errors import APIError
-from ledger.api.models import AmountFen, Id128, _Strict, parse_id
+from ledger.api.errors import APIError, id_or_404
+from ledger.api.models import AmountFen, Id128, _Strict
 from ledger.api.wallet_auth import Access, authenticate, require_operator
 from ledger.credit.consent import (
     CONSENT_DAYS_MAX,
@@ -84,13 +84,6 @@ def _credit(request: Request) -> CreditData:
     return credit
 
 
-def _id(value: str, param: str, code: str) -> int:
-    try:
-        return parse_id(value)
-    except ValueError:
-        raise APIError(404, code, f"no such {param.removesuffix('_id')}", param) from None
-
-
 def _refuse(exc: ConsentError) -> APIError:
     return APIError(exc.status, exc.code, exc.message, exc.param)
 
@@ -98,7 +91,7 @@ def _refuse(exc: ConsentError) -> APIError:
 def _borrower_or_lender(access: Access, wallet_id: str) -> tuple[int, str | None]:
     """The borrower reading its own (signed; lender None), or a lender reading what concerns
     it (its operator name). Another wallet is told the borrower does not exist."""
-    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    borrower = id_or_404(wallet_id, "wallet", "wallet_id")
     if access.wallet_id is not None and access.wallet_id != borrower:
         raise APIError(404, "wallet_not_found", "no such wallet", "wallet_id")
     return borrower, None if access.wallet_id == borrower else require_operator(access).operator
@@ -106,7 +99,7 @@ def _borrower_or_lender(access: Access, wallet_id: str) -> tuple[int, str | None
 
 def _borrower(access: Access, wallet_id: str) -> int:
     """The wallet acting on its own consents: it must sign the request itself."""
-    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
+    borrower = id_or_404(wallet_id, "wallet", "wallet_id")
     if access.wallet_id != borrower:
         raise APIError(
             403, "borrower_signature_required",
@@ -151,7 +144,7 @@ async def revoke_consent(
 ) -> Any:
     """Revoke a consent at once (signed by the borrower). Revoking twice changes nothing."""
     borrower = _borrower(access, wallet_id)
-    cid = _id(consent_id, "consent_id", "consent_not_found")
+    cid = id_or_404(consent_id, "consent", "consent_id")
     try:
         consent = await _credit(request).revoke(borrower, cid)
     except ConsentError as exc:
@@ -176,7 +169,7 @@ def consents_granted(
     now = _credit(request).now_ms()
     found = [c for c in _credit(request).granted_to(lender) if status in ("all", c.status(now))]
     if starting_after is not None:
-        after = _id(starting_after, "starting_after", "consent_not_found")
+        after = id_or_404(starting_after, "consent", "starting_after")
         found = [c for c in found if c.id > after]
     return {
         "object": "list",
@@ -196,8 +189,8 @@ async def read_features(
     """The borrower's aggregated cash-flow features, for the lender holding a live consent.
     The read (who, what, under which consent) is journaled before anything is computed."""
     principal = require_operator(access)
-    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
-    cid = _id(consent_id, "consent_id", "consent_not_found")
+    borrower = id_or_404(wallet_id, "wallet", "wallet_id")
+    cid = id_or_404(consent_id, "consent", "consent_id")
     try:
         return await _credit(request).features(borrower, cid, principal.operator, purpose)
     except ConsentError as exc:
@@ -223,8 +216,8 @@ def read_application(
     wallet_id: str, application_id: str, access: AccessDep, request: Request
 ) -> Any:
     """A decision with its contest and review, for the borrower (signed) or its lender."""
-    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
-    aid = _id(application_id, "application_id", "application_not_found")
+    borrower = id_or_404(wallet_id, "wallet", "wallet_id")
+    aid = id_or_404(application_id, "application", "application_id")
     if access.wallet_id is not None and access.wallet_id != borrower:
         raise APIError(404, "application_not_found", "no such application", "application_id")
     try:
@@ -242,7 +235,7 @@ async def contest(
 ) -> Any:
     """The borrower asks for a human review of a decision (signed by its wallet)."""
     borrower = _borrower(access, wallet_id)
-    aid = _id(application_id, "application_id", "application_not_found")
+    aid = id_or_404(application_id, "application", "application_id")
     try:
         return await _decisions(request).contest(borrower, aid, body.reason)
     except ConsentError as exc:
@@ -255,8 +248,8 @@ async def review(
 ) -> Any:
     """A reviewer of the lender upholds or overrides a decision; recorded with its note."""
     principal = require_operator(access)
-    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
-    aid = _id(application_id, "application_id", "application_not_found")
+    borrower = id_or_404(wallet_id, "wallet", "wallet_id")
+    aid = id_or_404(application_id, "application", "application_id")
     try:
         return await _decisions(request).review(
             borrower, aid, principal.operator, body.reviewer, body.outcome, body.limit_fen,
@@ -294,8 +287,8 @@ async def take_loan(wallet_id: str, body: LoanAccept, access: AccessDep, request
 
 def _loan_reader(access: Access, request: Request, wallet_id: str, loan_id: str) -> tuple[int, int]:
     """The borrower (signed) or the loan's lender may read it; to anyone else it does not exist."""
-    borrower = _id(wallet_id, "wallet_id", "wallet_not_found")
-    lid = _id(loan_id, "loan_id", "loan_not_found")
+    borrower = id_or_404(wallet_id, "wallet", "wallet_id")
+    lid = id_or_404(loan_id, "loan", "loan_id")
     if access.wallet_id is not None and access.wallet_id != borrower:
         raise APIError(404, "loan_not_found", "no such loan", "loan_id")
     if access.wallet_id is None:
@@ -344,7 +337,7 @@ async def repay_loan(
     """Repay early, in part or in full (signed by the borrower's wallet). Repaying in full ends
     the loan and any interest not yet due."""
     borrower = _borrower(access, wallet_id)
-    lid = _id(loan_id, "loan_id", "loan_not_found")
+    lid = id_or_404(loan_id, "loan", "loan_id")
     try:
         made = await run_in_threadpool(_loans(request).repay, borrower, lid, body.id, body.amount)
     except ConsentError as exc:

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from ledger.api.deps import ReaderDep
-from ledger.api.errors import APIError
-from ledger.api.models import PaymentBatch, SignedPaymentIn, format_id, parse_id
+from ledger.api.errors import APIError, id_or_404
+from ledger.api.models import PaymentBatch, SignedPaymentIn, format_id
 from ledger.api.views import item_results, receipt
 from ledger.api.wallet_auth import Access, authenticate
 from ledger.store.queries import Reader
@@ -71,10 +71,7 @@ def read_receipt(
 ) -> Any:
     """A receipt for a transfer, for its payer or payee wallet (signed request) or their
     operator, against the latest checkpoint or any later than the entry."""
-    try:
-        tid = parse_id(transfer_id)
-    except ValueError:
-        raise APIError(404, "transfer_not_found", "no such transfer", "transfer_id") from None
+    tid = id_or_404(transfer_id, "transfer", "transfer_id")
     found = reader.transfer(tid)
     if found is None or found.seq is None or not _party(access, request, reader, found.entry):
         raise APIError(404, "transfer_not_found", "no such transfer", "transfer_id")

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from ledger.api.deps import CurrentPrincipal, LedgerDep, ReaderDep, can_see
-from ledger.api.errors import APIError
-from ledger.api.models import BatchResults, TransferBatch, TransferCreate, TransferPublic, parse_id
+from ledger.api.errors import APIError, id_or_404
+from ledger.api.models import BatchResults, TransferBatch, TransferCreate, TransferPublic
 from ledger.api.views import item_results, transfer_view
 from ledger.domain import CURRENCIES, TRANSFER_FLAG_NAMES, Transfer
 from ledger.engine import OP_CREATE_TRANSFERS
@@ -34,10 +34,7 @@ async def create_transfers(
 
 @router.get("/{transfer_id}", response_model=TransferPublic)
 def read_transfer(transfer_id: str, principal: CurrentPrincipal, reader: ReaderDep) -> Any:
-    try:
-        tid = parse_id(transfer_id)
-    except ValueError as exc:
-        raise APIError(404, "transfer_not_found", str(exc), param="transfer_id") from None
+    tid = id_or_404(transfer_id, "transfer", "transfer_id")
     found = reader.transfer(tid)
     if found is None or not (
         principal.is_central_bank

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from ledger.api.deps import ReaderDep
-from ledger.api.errors import APIError
+from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import (
     BatchResults,
     EntryPage,
@@ -24,7 +24,6 @@ from ledger.api.models import (
     WalletKeyRotation,
     WalletSettings,
     format_id,
-    parse_id,
 )
 from ledger.api.routes.accounts import PAGE_LIMIT_MAX
 from ledger.api.views import entry_view, item_results, wallet_view
@@ -40,13 +39,6 @@ AccessDep = Annotated[Access, Depends(authenticate)]
 def _wallets(request: Request) -> Wallets:
     wallets: Wallets = request.app.state.wallets
     return wallets
-
-
-def _id(value: str) -> int:
-    try:
-        return parse_id(value)
-    except ValueError:
-        raise APIError(404, "wallet_not_found", "no such wallet", "wallet_id") from None
 
 
 async def _answer(submitted: Submitted) -> JSONResponse:
@@ -125,7 +117,9 @@ async def create_wallets(body: WalletBatch, access: AccessDep, request: Request)
 @router.get("/{wallet_id}")
 def read_wallet(wallet_id: str, access: AccessDep, request: Request, reader: ReaderDep) -> Any:
     wallets = _wallets(request)
-    wallet = wallet_for(access, wallets, _id(wallet_id), parent_ok=True)
+    wallet = wallet_for(
+        access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"), parent_ok=True
+    )
     account = reader.account(wallet.id)
     assert account is not None
     return wallet_view(wallet, account, wallets.ledger.sequencer.engine.state)
@@ -141,7 +135,9 @@ def list_wallet_entries(
     starting_after: Annotated[int | None, Query(ge=0)] = None,
 ) -> Any:
     """The wallet's history, newest first (payments, top-ups, its own records)."""
-    wallet = wallet_for(access, _wallets(request), _id(wallet_id), parent_ok=True)
+    wallet = wallet_for(
+        access, _wallets(request), id_or_404(wallet_id, "wallet", "wallet_id"), parent_ok=True
+    )
     account = reader.account(wallet.id)
     assert account is not None
     rows = reader.history(account.n, limit + 1, starting_after)
@@ -160,7 +156,7 @@ async def change_wallet_class(
     refused (``class_downgrade_exceeds_balance``, with the balance and the new cap)."""
     principal = require_operator(access)
     wallets = _wallets(request)
-    wallet = wallet_for(access, wallets, _id(wallet_id))
+    wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     kyc = body.kyc.fields() if body.kyc else {}
     known = wallets.kyc.get(wallet.id) or {}
     if body.wallet_class < wallet.klass:  # an upgrade: the stronger class's KYC must be there
@@ -183,7 +179,7 @@ async def rotate_wallet_key(
     old key stops working at once: the writer refuses payments signed with it."""
     principal = require_operator(access)
     wallets = _wallets(request)
-    wallet = wallet_for(access, wallets, _id(wallet_id))
+    wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     reason = f"key rotated after re-verification: {body.verification_reference}"
     update = UpdateWallet(wallet.id, public_key=body.public_key, reason=reason)
     result = await wallets.update_wallet(_acting(principal.operator), update).wait()
@@ -197,7 +193,7 @@ async def change_wallet_settings(
     """The owner (or its operator) turns the reverse waterfall on or off, or links a bank
     account."""
     wallets = _wallets(request)
-    wallet = wallet_for(access, wallets, _id(wallet_id))
+    wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     update = UpdateWallet(
         wallet.id,
         reverse_waterfall=-1 if body.reverse_waterfall is None else int(body.reverse_waterfall),
@@ -218,7 +214,7 @@ def reveal_wallet_owner(
     with a stated legal basis. The look-up is written to the journal before the answer."""
     principal = require_operator(access)
     wallets = _wallets(request)
-    wallet = wallet_for(access, wallets, _id(wallet_id))
+    wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     requester = f"{principal.role}:{principal.operator}:{body.requester}"
     try:
         owner = wallets.reveal(
@@ -241,7 +237,7 @@ async def create_sub_wallet(
     if access.wallet_id is None:
         raise APIError(403, "permission_denied", "a sub-wallet is opened by its parent wallet")
     wallets = _wallets(request)
-    parent = wallet_for(access, wallets, _id(wallet_id))
+    parent = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     limits = LimitSet(
         body.limits.balance_cap, body.limits.single, body.limits.daily, body.limits.annual
     )
@@ -262,7 +258,7 @@ async def close_sub_wallet(
     """Close a sub-wallet (signed by its parent, or by the operator): its balance returns to
     the parent in a transfer with the given id, and the sub-wallet's account is closed."""
     wallets = _wallets(request)
-    sub = wallet_for(access, wallets, _id(wallet_id), parent_ok=True)
+    sub = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"), parent_ok=True)
     if access.wallet_id is not None and access.wallet_id != sub.parent:
         raise APIError(403, "permission_denied", "a sub-wallet is closed by its parent wallet")
     update = UpdateWallet(sub.id, reason=body.reason or "closed by the owner", close_id=body.id)
@@ -281,7 +277,7 @@ async def create_top_up(
     """Bank money for e-CNY: from the wallet's linked bank account, at its operator."""
     principal = require_operator(access)
     wallets = _wallets(request)
-    wallet = wallet_for(access, wallets, _id(wallet_id))
+    wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     try:
         submitted = wallets.top_up(_acting(principal.operator) or wallet.operator, body.id,
                                    wallet.id, body.amount)  # fmt: skip
@@ -295,7 +291,7 @@ async def create_redemption(wallet_id: str, body: SignedPaymentIn, request: Requ
     """e-CNY back to the linked bank account. The body is a payment signed by the wallet, to
     its operator's float; the signature is the authority, so no API key is needed."""
     wallets = _wallets(request)
-    if body.payer != _id(wallet_id):
+    if body.payer != id_or_404(wallet_id, "wallet", "wallet_id"):
         raise APIError(422, "invalid_payer", "the payer must be the wallet in the path", "payer")
     payment = SignedPayment(
         body.id, body.payer, body.payee, body.amount, body.expires_at_ms, body.key_version,
