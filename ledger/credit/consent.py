@@ -148,7 +148,7 @@ class CreditData:
     def granted_to(self, lender: str) -> list[Consent]:
         """Every consent granted to ``lender``, of every borrower, ordered by id (what nightly
         re-scoring walks). Grants are learnt from the records index since the last call."""
-        for seq, rec in self.reader.records_of_kind(RECORD_AUDIT, self._seen_seq):
+        for seq, rec in self.reader.records_of_kind((RECORD_AUDIT,), self._seen_seq):
             self._seen_seq = seq
             if rec.type == GRANTED:
                 data = rec.data()

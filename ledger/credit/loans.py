@@ -276,18 +276,15 @@ class Loans:
 
     def _refresh(self) -> None:
         """Learn the loans disbursed and repaid since the last look (the records index)."""
-        seen = self._seen_seq
-        for flags, repaid in ((RECORD_TYPES["loan_disbursed"], False),
-                              (RECORD_TYPES["loan_repaid"], True)):  # fmt: skip
-            for seq, rec in self.reader.records_of_kind(flags, self._seen_seq):
-                data = rec.data()
-                loan = uuid.UUID(str(data["loan"])).int
-                if repaid:
-                    self._repaid.add(loan)
-                else:
-                    self._terms[loan] = {**data, "disbursed_at_ms": rec.timestamp // 1_000_000}
-                seen = max(seen, seq)
-        self._seen_seq = seen
+        kinds = (RECORD_TYPES["loan_disbursed"], RECORD_TYPES["loan_repaid"])
+        for seq, rec in self.reader.records_of_kind(kinds, self._seen_seq):
+            data = rec.data()
+            loan = uuid.UUID(str(data["loan"])).int
+            if rec.type == "loan_repaid":
+                self._repaid.add(loan)
+            else:
+                self._terms[loan] = {**data, "disbursed_at_ms": rec.timestamp // 1_000_000}
+            self._seen_seq = max(self._seen_seq, seq)
 
     def terms(self, loan_id: int) -> dict[str, Any]:
         self._refresh()

@@ -158,16 +158,17 @@ class Reader:
         return out
 
     def records_of_kind(
-        self, flags: int, after_seq: int = 0
+        self, flags: tuple[int, ...], after_seq: int = 0
     ) -> list[tuple[int, entry.RecordEntry]]:
-        """Every journal record whose ``flags`` column is ``flags`` (one record type, see
+        """Every journal record whose ``flags`` column is one of ``flags`` (record types, see
         ``ledger.engine.RECORD_TYPES``) after ``after_seq``, oldest first, through the records
-        index."""
+        index. One query, so records of the several types come from one snapshot."""
+        marks = ", ".join(f":f{i}" for i in range(len(flags)))
         rows = self._all(
-            "SELECT seq, body FROM journal_entries WHERE kind = 5 AND flags = :f AND seq > :s "
-            "ORDER BY seq",
-            f=flags,
+            f"SELECT seq, body FROM journal_entries WHERE kind = 5 AND flags IN ({marks}) "
+            "AND seq > :s ORDER BY seq",
             s=after_seq,
+            **{f"f{i}": f for i, f in enumerate(flags)},
         )
         out = []
         for seq, body in rows:
