@@ -84,6 +84,9 @@ class Pilot:
         self.wallets.top_up("op_b", new_id(), self.ids[1], 500_000).result()
         assert self.pay(1, 0, 200_000) == 0  # wallet 0 goes over its cap: swept to its bank
         assert self.pay(2, 3, 50_000) == 0  # wallet 2 is empty: topped up from its bank
+        assert self.lend(1, 100_000, 1_000, 1_000) == 0  # wallet 1 borrows
+        assert self.repay(1, 5_000) == 0  # repays a part
+        assert self.pay(0, 1, 10_000) == 0  # and a tenth of what it receives
 
     def pay(self, a: int, b: int, amount: int) -> int:
         _, result = asyncio.run(self.wallets.pay([self.signed(a, self.ids[b], amount)]))
@@ -116,13 +119,16 @@ class Pilot:
         elif kind == "lend":
             self.lend(*step[1:])
         elif kind == "repay":
-            wallet = self.wallets.wallet(self.ids[step[1]])
-            assert wallet is not None
-            t = Transfer(new_id(), wallet.id, wallet.float_account, step[2], CNY,
-                         codes.LOAN_REPAYMENT)  # fmt: skip
-            self.service.submit(OP_CREATE_TRANSFERS, [t], wallet.operator).result()
+            self.repay(step[1], step[2])
 
-    def lend(self, i: int, principal: int, fee: int, share_bp: int) -> None:
+    def repay(self, i: int, amount: int) -> int:
+        """A collection under the wallet's mandate, as ``Loans.collect`` makes one."""
+        wallet = self.wallets.wallet(self.ids[i])
+        assert wallet is not None
+        t = Transfer(new_id(), wallet.id, wallet.float_account, amount, CNY, codes.LOAN_REPAYMENT)
+        return self.service.submit(OP_CREATE_TRANSFERS, [t], wallet.operator).result().codes[0]
+
+    def lend(self, i: int, principal: int, fee: int, share_bp: int) -> int:
         """A loan under a signed acceptance, as ``ledger.credit.loans`` makes one."""
         op, loan = OPERATORS[i % 2], new_id()
         lender = LenderAccounts.of(op)
@@ -152,8 +158,10 @@ class Pilot:
         terms: dict[str, object] = {"application": application, "acceptance": acceptance}
         d = Disbursement(loan, self.ids[i], lender.book, lender.income, principal, fee, share_bp,
                          terms)  # fmt: skip
-        if self.service.submit(OP_DISBURSE_LOANS, [d], op).result().codes == [0]:
+        code = self.service.submit(OP_DISBURSE_LOANS, [d], op).result().codes[0]
+        if code == 0:
             self.loans[loan] = principal + fee
+        return code
 
     def signed(self, payer: int, payee: int, amount: int) -> SignedPayment:
         pid, expires = new_id(), time.time_ns() // 1_000_000 + 60_000
