@@ -82,9 +82,11 @@ DEFAULT_TIMEOUT_S: Final = 10.0
 HISTORY_PAGE_MAX: Final = 100
 """The ledger's largest page (``PAGE_LIMIT_MAX``)."""
 EXPIRES_IN_S_MAX: Final = 86_400
-TRACK_ATTEMPTS_MAX: Final = 5
+TRACK_ATTEMPTS_MAX: Final = 64
 """Rounds of "fetch a consistency proof" before giving up when other calls on the same client
-keep moving its remembered checkpoint."""
+keep moving its remembered checkpoint. Each call running at once on the client may move it once
+while another waits for its proof, so this must exceed the calls an app runs at once (5 was too
+few for 12 concurrent payments on a slow machine)."""
 _UUID7_VERSION: Final = 7
 
 
