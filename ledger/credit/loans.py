@@ -32,7 +32,6 @@ or in full (``repay``); repaying in full ends the loan and every interest not ye
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -60,7 +59,7 @@ from ledger.engine import (
     OpResult,
     leg_id,
 )
-from ledger.entry import TransferEntry, canonical_json
+from ledger.entry import TransferEntry, canonical_json, parse_metadata
 from ledger.service import LedgerService
 from ledger.store.queries import HISTORY_PAGE, Reader
 from ledger.wallets import codes
@@ -293,9 +292,6 @@ class Loans:
             raise ConsentError(404, "loan_not_found", "no such loan", "loan_id")
         return found
 
-    def borrower_of(self, loan_id: int) -> int:
-        return uuid.UUID(str(self.terms(loan_id)["wallet"])).int
-
     def loan(self, borrower: int, loan_id: int) -> dict[str, Any]:
         """The loan's terms and where it stands now (balances as committed)."""
         terms = self.terms(loan_id)
@@ -340,7 +336,7 @@ class Loans:
         lines, owed = [], 0
         totals = {"principal_fen": 0, "charged_fen": 0, "repaid_fen": 0}
         for seq, e in entries:
-            meta = _metadata(e)
+            meta = parse_metadata(e.metadata)
             line: dict[str, Any] = {
                 "seq": seq,
                 "at_ms": e.timestamp // 1_000_000,
@@ -366,7 +362,7 @@ class Loans:
                     line["ecny_transfer"] = str(uuid.UUID(int=leg_id(source, LEG_REVENUE_SHARE)))
                 else:
                     if found is not None:
-                        kind = str(_metadata(found.entry).get("reason", kind))
+                        kind = str(parse_metadata(found.entry.metadata).get("reason", kind))
                     line["ecny_transfer"] = str(uuid.UUID(int=source))
                 line |= {"kind": kind, "amount_fen": -e.amount}
                 totals["repaid_fen"] += e.amount
@@ -512,13 +508,6 @@ class Collector:
                     log.info("loans collected: %s", done)
             except Exception:
                 log.exception("collecting loans failed; retrying")
-
-
-def _metadata(e: TransferEntry) -> dict[str, Any]:
-    if not e.metadata:
-        return {}
-    data = json.loads(e.metadata)
-    return data if isinstance(data, dict) else {}
 
 
 def _disbursement_refused(result: Result) -> ConsentError:
