@@ -23,7 +23,7 @@ from merchant_api.service import MerchantService, now_ms
 
 def open_wallets(ledger: LedgerService, kyc_key_file: Path) -> Wallets:
     """The wallet layer on a running ledger, with the operators' KYC store."""
-    return Wallets(ledger, KycStore(ledger.store.engine, load_or_create_key(kyc_key_file)))
+    return Wallets(ledger, KycStore(ledger.db, load_or_create_key(kyc_key_file)))
 
 
 def full_app(

@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Protocol
 
 from nacl.signing import SigningKey
+from sqlalchemy.engine import Engine as Database
 
-from ledger import keys
-from ledger.domain import Account, CloseAccount, Transfer
+from ledger import keys, signing
+from ledger.domain import Account, CloseAccount, LimitSet, Transfer
 from ledger.engine import (
     OP_CLOSE_ACCOUNTS,
     OP_CREATE_ACCOUNTS,
@@ -41,6 +43,49 @@ class LedgerIdentityError(RuntimeError):
     """The key file or origin does not match the ledger stored in the database."""
 
 
+class Ledger(Protocol):
+    """What the HTTP API and the services built on the ledger use of it: ``LedgerService`` in
+    the writer's own process, ``ledger.link.RemoteLedger`` in an HTTP worker process."""
+
+    db: Database
+    """The database, for reads and for components' own tables (never balances or journal)."""
+    public_key: bytes
+    origin: str
+
+    def submit(
+        self, op: int, items: list, operator: str | None = None, *, receipts: bool = False
+    ) -> Future[OpResult]:
+        """Queue one operation for the writer. ``receipts``: the answer will prove its entries
+        (``OpResult.committed``), so that receipts need no database read."""
+        ...
+
+    async def execute(
+        self, op: int, items: list, operator: str | None = None, *, receipts: bool = False
+    ) -> OpResult: ...
+
+    def clock_ns(self) -> int:
+        """The ledger's clock (the sequencer stamps entries with it)."""
+        ...
+
+    def account(self, account_id: int) -> Account | None:
+        """The writer's current account (with its wallet), or None. Read it; never change it."""
+        ...
+
+    def limits(self) -> tuple[str, dict[int, LimitSet]]:
+        """The wallet limits in force: (version, limits by wallet class)."""
+        ...
+
+    def committed_size(self) -> int:
+        """Entries committed so far."""
+        ...
+
+    def sign_statement(self, message: bytes) -> bytes:
+        """The ledger's signature on a merchant statement's signed message."""
+        ...
+
+    def public_key_b64(self) -> str: ...
+
+
 class LedgerService:
     def __init__(
         self,
@@ -53,6 +98,7 @@ class LedgerService:
         queue_max_events: int = QUEUE_MAX_EVENTS,
     ) -> None:
         self.store = store
+        self.db = store.engine
         self.key = key
         self.public_key = bytes(key.verify_key)
         self.origin = origin
@@ -131,7 +177,11 @@ class LedgerService:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    def submit(self, op: int, items: list, operator: str | None = None) -> Future[OpResult]:
+    def submit(
+        self, op: int, items: list, operator: str | None = None, *, receipts: bool = False
+    ) -> Future[OpResult]:
+        """Queue one operation; the answer always carries the committed batch (``receipts``
+        is for ``RemoteLedger``, which proves entries only when asked)."""
         return self.sequencer.submit(op, items, operator)
 
     def create_accounts(self, accounts: list[Account]) -> OpResult:
@@ -143,18 +193,28 @@ class LedgerService:
     def close_accounts(self, closes: list[CloseAccount]) -> OpResult:
         return self.submit(OP_CLOSE_ACCOUNTS, closes).result()
 
-    async def execute(self, op: int, items: list, operator: str | None = None) -> OpResult:
+    async def execute(
+        self, op: int, items: list, operator: str | None = None, *, receipts: bool = False
+    ) -> OpResult:
         """Submit from async code on behalf of ``operator`` (None: the central bank); raises
         Overloaded at once when the queue is full."""
         return await asyncio.wrap_future(self.submit(op, items, operator))
 
-    def account_operator(self, account_id: int) -> str | None:
-        """Who operates an account, from the writer's memory (None if there is no such account).
+    # -- reads of the writer's memory (safe from other threads: single dict lookups) -----------
 
-        Safe from other threads: the dict lookup is atomic and an account's operator never
-        changes."""
-        account = self.sequencer.engine.state.accounts.get(account_id)
-        return account.operator if account is not None else None
+    def account(self, account_id: int) -> Account | None:
+        return self.sequencer.engine.state.accounts.get(account_id)
+
+    def limits(self) -> tuple[str, dict[int, LimitSet]]:
+        state = self.sequencer.engine.state
+        return state.limits_version, state.limits
+
+    def committed_size(self) -> int:
+        return self.sequencer.committed_size
+
+    def sign_statement(self, message: bytes) -> bytes:
+        assert message.startswith(signing.STATEMENT_LABEL), "the ledger signs statements only"
+        return self.key.sign(message).signature
 
     # -- identity ---------------------------------------------------------------------------------
 

@@ -41,6 +41,8 @@ from nacl.signing import SigningKey, VerifyKey
 PAYMENT_LABEL: Final = b"ecny/payment/v1\x00"
 READ_LABEL: Final = b"ecny/read/v1\x00"
 PAYMENT_CODE_LABEL: Final = b"ecny/payment-code/v1\x00"
+STATEMENT_LABEL: Final = b"ecny/statement/v1\x00"
+"""What the ledger's own key signs besides checkpoints: merchants' daily statements."""
 SCHEME_ED25519: Final = 1
 SCHEME_PAYMENT_CODE: Final = 2
 _U64: Final = 0xFFFF_FFFF_FFFF_FFFF

@@ -45,7 +45,7 @@ from ledger.domain import (
 )
 from ledger.engine import OP_CANCEL_IDS, OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, OpResult
 from ledger.journal import id_bytes
-from ledger.service import LedgerService
+from ledger.service import Ledger
 from ledger.store.database import for_writes
 from ledger.wallets import codes
 from ledger.wallets.service import SignedPayment, WalletError, Wallets, system_id
@@ -125,7 +125,7 @@ class Onboarded:
 class MerchantService:
     def __init__(
         self,
-        ledger: LedgerService,
+        ledger: Ledger,
         wallets: Wallets,
         secret_key: bytes,
         *,
@@ -133,7 +133,7 @@ class MerchantService:
     ) -> None:
         self.ledger = ledger
         self.wallets = wallets
-        self.engine = ledger.store.engine
+        self.engine = ledger.db
         self.writes = for_writes(self.engine)
         self._aead = AESGCM(secret_key)
         self.clock_ms = clock_ms
@@ -457,7 +457,7 @@ class MerchantService:
                 raise MerchantError(422, code, message, param)
         payment.attempt = True
         payment.attachments = self._order_outcome(order, "succeeded", payment.payer, "qr")
-        transfers, result = await self.wallets.pay([payment])
+        transfers, result = await self.wallets.pay([payment], receipts=True)
         self._raise_if_taken(result)
         return order, transfers[0], result
 
@@ -503,7 +503,7 @@ class MerchantService:
             authorization=code.authorization(),
         )
         transfer.attachments = self._order_outcome(order, "succeeded", code.payer, "payment_code")
-        result = await self.ledger.execute(OP_CREATE_TRANSFERS, [transfer], None)
+        result = await self.ledger.execute(OP_CREATE_TRANSFERS, [transfer], None, receipts=True)
         self._raise_if_taken(result)
         if result.codes[0] == Result.PAYMENT_CODE_USED:
             raise MerchantError(

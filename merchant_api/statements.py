@@ -44,11 +44,11 @@ import hashlib
 import io
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Final
 
-from nacl.signing import SigningKey
 from sqlalchemy import Connection, Engine, select, text
 from sqlmodel import Session, col
 
@@ -56,13 +56,12 @@ from ledger import entry, signing
 from ledger.domain import AuditRecord, TransferFlags
 from ledger.engine import OP_RECORDS
 from ledger.journal import id_bytes
-from ledger.service import LedgerService
+from ledger.service import Ledger
 from ledger.store.queries import Reader
 from ledger.wallets import codes
 from merchant_api.models import Merchant, PaymentOrder, Refund
 
 FORMAT: Final = "# ecny-ledger statement v1"
-SIGNATURE_LABEL: Final = b"ecny/statement/v1\x00"
 CST: Final = timezone(timedelta(hours=8))
 CST_OFFSET_S: Final = 8 * 3600
 DAY_S: Final = 86_400
@@ -359,7 +358,8 @@ def derive(reader: Reader, merchant: Merchant, day: date, tree_size: int, comple
 
 def signed_message(origin: str, merchant_id: str, day: str, tree_size: int, sha256: str) -> bytes:
     """What the ledger signs: domain-separated, so it can never pass for another signature."""
-    return SIGNATURE_LABEL + f"{origin}\n{merchant_id}\n{day}\n{tree_size}\n{sha256}".encode()
+    fields = f"{origin}\n{merchant_id}\n{day}\n{tree_size}\n{sha256}"
+    return signing.STATEMENT_LABEL + fields.encode()
 
 
 # -- making one (the API) ---------------------------------------------------------------------
@@ -376,7 +376,7 @@ class Statement:
 
 
 def make(
-    ledger: LedgerService, reader: Reader, merchant: Merchant, day_text: str, now_ms: int
+    ledger: Ledger, reader: Reader, merchant: Merchant, day_text: str, now_ms: int
 ) -> Statement:
     """The signed statement of ``merchant`` for a CST day (422 errors as StatementError)."""
     day = parse_day(day_text)
@@ -399,11 +399,11 @@ def make(
     else:
         tree_size, complete = pinned, True
     body = derive(reader, merchant, day, tree_size, complete)
-    return sign(ledger.key, reader.origin, merchant.id, day, tree_size, complete, body)
+    return sign(ledger.sign_statement, reader.origin, merchant.id, day, tree_size, complete, body)
 
 
 def sign(
-    key: SigningKey,
+    signer: Callable[[bytes], bytes],
     origin: str,
     merchant_id: str,
     day: date,
@@ -413,7 +413,7 @@ def sign(
 ) -> Statement:
     digest = hashlib.sha256(body.encode()).hexdigest()
     message = signed_message(origin, merchant_id, day.isoformat(), tree_size, digest)
-    signature = base64.b64encode(key.sign(message).signature).decode()
+    signature = base64.b64encode(signer(message)).decode()
     text_ = f"{body}# sha256={digest}\n# signature={signature}\n"
     return Statement(text_, digest, signature, tree_size, complete)
 

@@ -23,13 +23,13 @@ from ledger.auth import Authenticator
 from ledger.credit.consent import CreditData
 from ledger.credit.decisions import Decisions
 from ledger.credit.loans import Loans
-from ledger.service import LedgerService
+from ledger.service import Ledger
 from ledger.store.queries import Reader
 from ledger.wallets.service import Wallets
 
 
-def create_app(ledger: LedgerService, wallet_service: Wallets) -> FastAPI:
-    """The ledger's routes around a running ``LedgerService`` and its wallet layer (which the
+def create_app(ledger: Ledger, wallet_service: Wallets) -> FastAPI:
+    """The ledger's routes around a running ``Ledger`` and its wallet layer (which the
     caller started and closes)."""
     app = FastAPI(
         title="e-CNY reference ledger",
@@ -41,8 +41,8 @@ def create_app(ledger: LedgerService, wallet_service: Wallets) -> FastAPI:
         ),
     )
     app.state.ledger = ledger
-    app.state.reader = Reader(ledger.store.engine, ledger.origin)
-    app.state.authenticator = Authenticator(ledger.store.engine)
+    app.state.reader = Reader(ledger.db, ledger.origin)
+    app.state.authenticator = Authenticator(ledger.db)
     app.state.wallets = wallet_service
     app.state.seen_requests = SeenRequests()
     app.state.credit = CreditData(ledger, app.state.reader)
@@ -59,8 +59,7 @@ def create_app(ledger: LedgerService, wallet_service: Wallets) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
-        seq = ledger.sequencer
-        return {"status": "ok", "tree_size": seq.committed_size, "origin": ledger.origin}
+        return {"status": "ok", "tree_size": ledger.committed_size(), "origin": ledger.origin}
 
     app.add_middleware(RequestContextMiddleware)
     return app

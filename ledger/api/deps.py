@@ -9,14 +9,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ledger.api.errors import APIError
 from ledger.auth import Authenticator, AuthError, Principal
-from ledger.service import LedgerService
+from ledger.service import Ledger
 from ledger.store.queries import AccountView, Reader
 
 _bearer = HTTPBearer(auto_error=False, description="A central-bank or operator API key.")
 
 
-async def get_ledger(request: Request) -> LedgerService:
-    ledger: LedgerService = request.app.state.ledger
+async def get_ledger(request: Request) -> Ledger:
+    ledger: Ledger = request.app.state.ledger
     return ledger
 
 
@@ -41,7 +41,7 @@ def require_central_bank(principal: Annotated[Principal, Depends(get_principal)]
     return principal
 
 
-LedgerDep = Annotated[LedgerService, Depends(get_ledger)]
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 ReaderDep = Annotated[Reader, Depends(get_reader)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 CentralBank = Annotated[Principal, Depends(require_central_bank)]

@@ -12,12 +12,13 @@ from ledger.domain import (
     LEDGER_CURRENCIES,
     TRANSFER_FLAG_NAMES,
     AccountFlags,
+    LimitSet,
     PendingState,
     Result,
     Wallet,
     flag_names,
 )
-from ledger.engine import OpResult, State
+from ledger.engine import OpResult
 from ledger.sequencer import CommittedBatch
 from ledger.store.queries import AccountView, EntryView, Reader, TransferView
 
@@ -123,8 +124,11 @@ def receipt(
     }
 
 
-def wallet_view(wallet: Wallet, account: AccountView, state: State) -> dict[str, Any]:
-    limits = wallet.limits or state.limits.get(wallet.klass)
+def wallet_view(
+    wallet: Wallet, account: AccountView, limits_in_force: tuple[str, dict[int, LimitSet]]
+) -> dict[str, Any]:
+    version, by_class = limits_in_force
+    limits = wallet.limits or by_class.get(wallet.klass)
     return {
         "id": format_id(wallet.id),
         "kind": wallet.kind,
@@ -141,7 +145,7 @@ def wallet_view(wallet: Wallet, account: AccountView, state: State) -> dict[str,
         "balance_fen": account.credits_posted - account.debits_posted,
         "available_fen": account.credits_posted - account.debits_posted - account.debits_pending,
         "limits": limits.as_dict() if limits is not None else None,
-        "limits_version": state.limits_version,
+        "limits_version": version,
         "spent": {
             "day": wallet.day,
             "day_fen": wallet.spent_day,

@@ -29,7 +29,7 @@ from ledger.credit.features import (
 from ledger.domain import AuditRecord, TransferFlags
 from ledger.engine import OP_RECORDS, RECORD_AUDIT
 from ledger.entry import RecordEntry
-from ledger.service import LedgerService
+from ledger.service import Ledger
 from ledger.store.queries import Reader
 from ledger.wallets.service import OperatorAccounts
 
@@ -91,7 +91,7 @@ class Consent:
 class CreditData:
     """Consents and the feature reads they allow, on a running ledger."""
 
-    def __init__(self, ledger: LedgerService, reader: Reader) -> None:
+    def __init__(self, ledger: Ledger, reader: Reader) -> None:
         self.ledger, self.reader = ledger, reader
         self._borrowers_of: dict[str, set[int]] = {}  # lender -> borrowers that granted it one
         self._seen_seq = 0
@@ -101,7 +101,7 @@ class CreditData:
         return self.ledger.clock_ns() // 1_000_000
 
     def _account_n(self, wallet_id: int) -> int:
-        account = self.ledger.sequencer.engine.state.accounts.get(wallet_id)
+        account = self.ledger.account(wallet_id)
         if account is None or account.wallet is None:
             raise ConsentError(404, "wallet_not_found", "no such wallet", "borrower")
         return account.n
@@ -174,22 +174,21 @@ class CreditData:
         window_days: int,
         expires_at_ms: int,
     ) -> Consent:
-        state = self.ledger.sequencer.engine.state
-        wallet = state.accounts[borrower].wallet if borrower in state.accounts else None
-        if wallet is None:
+        mine = self.ledger.account(borrower)
+        if mine is None or mine.wallet is None:
             raise ConsentError(404, "wallet_not_found", "no such wallet", "borrower")
         if purpose not in PURPOSES:
             raise ConsentError(
                 422, "purpose_invalid", f"the purposes are: {', '.join(sorted(PURPOSES))}",
                 "purpose",
             )  # fmt: skip
-        if OperatorAccounts.of(lender).float not in state.accounts:
+        if self.ledger.account(OperatorAccounts.of(lender).float) is None:
             raise ConsentError(422, "lender_not_found", "no such operator", "lender")
         covered = accounts or [borrower]
-        for account in covered:
-            other = state.accounts.get(account)
+        for account_id in covered:
+            other = self.ledger.account(account_id)
             owned = other is not None and other.wallet is not None and (
-                account == borrower or other.wallet.parent == borrower
+                account_id == borrower or other.wallet.parent == borrower
             )  # fmt: skip
             if not owned:
                 raise ConsentError(
@@ -262,13 +261,12 @@ class CreditData:
                 "window_days": consent.window_days,
             },
         )
-        state = self.ledger.sequencer.engine.state
         # nothing older than the consent allows, nor than any feature needs
         since = now_ns - min(consent.window_days, LONGEST_DAYS) * DAY_NS
         flows: list[Flow] = []
         balance, opened = 0, now_ns
         for account_id in consent.accounts:
-            account = state.accounts.get(account_id)
+            account = self.ledger.account(account_id)
             if account is None:
                 continue
             balance += account.credits_posted - account.debits_posted

@@ -60,7 +60,7 @@ from ledger.engine import (
     leg_id,
 )
 from ledger.entry import TransferEntry, canonical_json, parse_metadata
-from ledger.service import LedgerService
+from ledger.service import Ledger
 from ledger.store.queries import HISTORY_PAGE, Reader
 from ledger.wallets import codes
 from ledger.wallets.service import CNY, Wallets, system_id
@@ -183,7 +183,7 @@ class Loans:
     """Loans of every lender on one ledger (see the module's docstring)."""
 
     def __init__(
-        self, ledger: LedgerService, reader: Reader, wallets: Wallets, decisions: Decisions
+        self, ledger: Ledger, reader: Reader, wallets: Wallets, decisions: Decisions
     ) -> None:
         self.ledger, self.reader, self.wallets, self.decisions = ledger, reader, wallets, decisions
         self.policy: Policy = decisions.policy

@@ -42,7 +42,7 @@ from ledger.engine import (
     leg_id,
 )
 from ledger.entry import canonical_json
-from ledger.service import LedgerService
+from ledger.service import Ledger
 from ledger.wallets import codes, limits
 from ledger.wallets.kyc import KycStore
 
@@ -130,9 +130,7 @@ class WalletError(Exception):
 
 
 class Wallets:
-    def __init__(
-        self, ledger: LedgerService, kyc: KycStore, limits_version: str | None = None
-    ) -> None:
+    def __init__(self, ledger: Ledger, kyc: KycStore, limits_version: str | None = None) -> None:
         self.ledger = ledger
         self.kyc = kyc
         self._limits = limits.load(limits_version)  # fails at start on a bad configuration
@@ -148,7 +146,7 @@ class Wallets:
         return Submitted(items, self.ledger.submit(op, items, operator))
 
     def wallet(self, wallet_id: int) -> Wallet | None:
-        account = self.ledger.sequencer.engine.state.accounts.get(wallet_id)
+        account = self.ledger.account(wallet_id)
         return account.wallet if account is not None else None
 
     # -- central bank ----------------------------------------------------------------------------
@@ -362,9 +360,12 @@ class Wallets:
         parts = self._pool.map(check, [payments[:half], payments[half:]])
         return [e for part in parts for e in part]
 
-    async def pay(self, payments: list[SignedPayment]) -> tuple[list[Transfer], OpResult]:
+    async def pay(
+        self, payments: list[SignedPayment], *, receipts: bool = False
+    ) -> tuple[list[Transfer], OpResult]:
         """Verify, then submit what verified; answer for every payment, in order. Refused
-        signatures are per-item results, like the engine's own rejections."""
+        signatures are per-item results, like the engine's own rejections. ``receipts``: the
+        answer proves the accepted entries (see ``Ledger.submit``)."""
         loop = asyncio.get_running_loop()
         if not self._ready:
             await loop.run_in_executor(None, self._setup)
@@ -375,7 +376,11 @@ class Wallets:
         transfers = [self.transfer_for(p) for p in payments]
         valid = [t for t, e in zip(transfers, errors, strict=True) if e is None]
         result = OpResult([0] * len(payments))
-        accepted = await self.ledger.execute(OP_CREATE_TRANSFERS, valid, None) if valid else None
+        accepted = (
+            await self.ledger.execute(OP_CREATE_TRANSFERS, valid, None, receipts=receipts)
+            if valid
+            else None
+        )
         j = 0
         for i, error in enumerate(errors):
             if error is not None:

@@ -231,7 +231,7 @@ def resign(pilot: Pilot, text: str, key: SigningKey | None = None) -> str:
     body = text[: text.index("# sha256=")]
     header = parse(text)[0]
     made = statements.sign(
-        key or pilot.ledger.key,
+        lambda message: (key or pilot.ledger.key).sign(message).signature,
         header["origin"],
         header["merchant"],
         statements.parse_day(header["date"]),

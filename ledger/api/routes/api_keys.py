@@ -18,9 +18,7 @@ router = APIRouter(prefix="/v1/api_keys", tags=["api keys"])
 def create_api_key(body: ApiKeyCreate, principal: CentralBank, request: Request) -> Any:
     """Issue an operator key. The full key is in this response only."""
     try:
-        new = auth.create_api_key(
-            request.app.state.ledger.store.engine, body.role, body.operator, body.name
-        )
+        new = auth.create_api_key(request.app.state.ledger.db, body.role, body.operator, body.name)
     except ValueError as exc:
         raise APIError(422, "invalid_field", str(exc), param="operator") from None
     return {
@@ -33,5 +31,5 @@ def create_api_key(body: ApiKeyCreate, principal: CentralBank, request: Request)
 
 @router.delete("/{key_id}", status_code=204)
 def revoke_api_key(key_id: str, principal: CentralBank, request: Request) -> None:
-    if not auth.revoke_api_key(request.app.state.ledger.store.engine, key_id):
+    if not auth.revoke_api_key(request.app.state.ledger.db, key_id):
         raise APIError(404, "api_key_not_found", "no such active key", param="key_id")

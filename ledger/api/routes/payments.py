@@ -37,7 +37,7 @@ async def create_payment(body: SignedPaymentIn, request: Request, reader: Reader
     limit and what was allowed, ``signature_invalid``, ``wallet_key_rotated``...); a replayed id
     returns its first answer. Accepted payments carry a receipt."""
     wallets: Wallets = request.app.state.wallets
-    transfers, result = await wallets.pay([_payment(body)])
+    transfers, result = await wallets.pay([_payment(body)], receipts=True)
     item = item_results(transfers, result)["results"][0]
     if item["result"] == "ok" and item["seq"] is not None:
         key = wallets.ledger.public_key
@@ -49,7 +49,9 @@ async def create_payment(body: SignedPaymentIn, request: Request, reader: Reader
 async def create_payments(body: PaymentBatch, request: Request, reader: ReaderDep) -> Any:
     """Up to 8190 signed payments in one request, each answered on its own (not linked)."""
     wallets: Wallets = request.app.state.wallets
-    transfers, result = await wallets.pay([_payment(p) for p in body.payments])
+    transfers, result = await wallets.pay(
+        [_payment(p) for p in body.payments], receipts=body.receipts
+    )
     out = item_results(transfers, result)
     if body.receipts:
         key = wallets.ledger.public_key

@@ -122,7 +122,7 @@ def read_wallet(wallet_id: str, access: AccessDep, request: Request, reader: Rea
     )
     account = reader.account(wallet.id)
     assert account is not None
-    return wallet_view(wallet, account, wallets.ledger.sequencer.engine.state)
+    return wallet_view(wallet, account, wallets.ledger.limits())
 
 
 @router.get("/{wallet_id}/entries", response_model=EntryPage)
