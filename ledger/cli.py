@@ -51,30 +51,51 @@ def serve(
         Path | None,
         typer.Option(help="Also write the first central-bank key here (mode 0600)."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="HTTP worker processes sharing the one writer. Default: $LEDGER_WORKERS "
+            "or one per core (up to 8).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the ledger's HTTP API (OpenAPI at /docs)."""
-    import uvicorn
+    """Run the ledger's HTTP API (OpenAPI at /docs): the writer in this process, the API in
+    --workers processes. SIGINT or SIGTERM stops it after the requests in hand."""
+    import time
 
     from ledger import auth
-    from ledger.server import running
+    from ledger.server import WORKERS_DEFAULT, LedgerServer, signals_stop
+    from ledger.service import LedgerService
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _few_malloc_arenas()
     settings = Settings.from_env(database, key_file, host, port)
-    with running(settings) as (asgi_app, ledger):
-        if not auth.has_central_bank_key(ledger.store.engine):
-            new = auth.create_api_key(ledger.store.engine, auth.ROLE_CENTRAL_BANK, "", "first key")
+    count = workers or int(os.environ.get("LEDGER_WORKERS", WORKERS_DEFAULT))
+
+    def first_key(ledger: LedgerService) -> None:
+        if not auth.has_central_bank_key(ledger.db):
+            new = auth.create_api_key(ledger.db, auth.ROLE_CENTRAL_BANK, "", "first key")
             err.print("[bold]Central-bank API key[/] (shown once; the ledger keeps only a hash):")
             sys.stderr.write(f"  {new.secret}\n")
             if admin_key_file is not None:
                 _write_secret(admin_key_file, new.secret)
+
+    with (
+        signals_stop() as caught,
+        LedgerServer(settings, count, before_workers=first_key) as server,
+    ):
+        ledger = server.ledger
+        assert ledger is not None
         err.print(
             f"ledger {ledger.origin} on {settings.database_url}, "
-            f"{ledger.sequencer.committed_size} entries; "
+            f"{ledger.committed_size()} entries; {count} HTTP workers on "
             f"http://{settings.host}:{settings.port}/docs",
             soft_wrap=True,
         )
-        uvicorn.run(asgi_app, host=settings.host, port=settings.port, log_level="warning")
+        while not caught:
+            server.watch()
+            time.sleep(0.2)
 
 
 @app.command()

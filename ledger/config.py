@@ -37,6 +37,11 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
 
+    @property
+    def merchant_key_file(self) -> Path:
+        """The merchant API's key for merchants' secrets, beside the ledger's signing key."""
+        return self.key_file.with_name(self.key_file.name.removesuffix(".key") + ".merchant-key")
+
     @classmethod
     def from_env(
         cls,

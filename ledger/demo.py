@@ -4,8 +4,8 @@ The central bank issues e-CNY to two operators; shoppers and merchants open wall
 paid by QR code and by payment code; some are refunded; one order is cancelled and one expires;
 a merchant settles to its bank; webhooks reach a local receiver; each merchant's statement is
 produced and checked against the journal; and the whole journal is verified. Every step goes
-through the same HTTP API and SDK a pilot's systems would use (``ledger serve`` runs in this
-process on a free local port). Composes the merchant API, like ``ledger.server``.
+through the same HTTP API and SDK a pilot's systems would use (``ledger serve``'s writer runs
+in this process, its HTTP workers beside it, on a free local port).
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from ledger import auth
 from ledger.config import Settings, kyc_key_file_beside
-from ledger.server import running
+from ledger.server import LedgerServer
 from ledger.verify import Report, verify
 from wallet_sdk import Client, Money, WalletKeys, webhooks
 
@@ -81,25 +80,12 @@ class Receiver:
 
 @contextmanager
 def serving(settings: Settings) -> Iterator[tuple[str, str]]:
-    """``ledger serve`` in this process: yields (base URL, a central-bank key)."""
-    with running(settings) as (app, ledger):
-        cb_key = auth.create_api_key(ledger.store.engine, auth.ROLE_CENTRAL_BANK, "", "demo").secret
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="off"
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + WAIT_S
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the demo server did not start")
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{settings.port}", cb_key
-        finally:
-            server.should_exit = True
-            thread.join(WAIT_S)
+    """``ledger serve`` as it runs (the writer in this process, HTTP workers beside it): yields
+    (base URL, a central-bank key)."""
+    with LedgerServer(settings) as server:
+        assert server.ledger is not None
+        cb_key = auth.create_api_key(server.ledger.db, auth.ROLE_CENTRAL_BANK, "", "demo").secret
+        yield f"http://127.0.0.1:{settings.port}", cb_key
 
 
 class Pilot:

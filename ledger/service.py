@@ -71,6 +71,12 @@ class Ledger(Protocol):
         """The writer's current account (with its wallet), or None. Read it; never change it."""
         ...
 
+    def wallet_key(self, wallet_id: int, *, fresh: bool = False) -> tuple[int, bytes] | None:
+        """The wallet's (key version, public key), or None if there is no such wallet. A worker
+        may answer from memory unless ``fresh``: possibly an older version than the wallet's
+        current one, which the engine refuses in sequence (``wallet_key_rotated``)."""
+        ...
+
     def limits(self) -> tuple[str, dict[int, LimitSet]]:
         """The wallet limits in force: (version, limits by wallet class)."""
         ...
@@ -205,6 +211,11 @@ class LedgerService:
     def account(self, account_id: int) -> Account | None:
         return self.sequencer.engine.state.accounts.get(account_id)
 
+    def wallet_key(self, wallet_id: int, *, fresh: bool = False) -> tuple[int, bytes] | None:
+        account = self.account(wallet_id)
+        wallet = account.wallet if account is not None else None
+        return (wallet.key_version, wallet.public_key) if wallet is not None else None
+
     def limits(self) -> tuple[str, dict[int, LimitSet]]:
         state = self.sequencer.engine.state
         return state.limits_version, state.limits
@@ -213,7 +224,8 @@ class LedgerService:
         return self.sequencer.committed_size
 
     def sign_statement(self, message: bytes) -> bytes:
-        assert message.startswith(signing.STATEMENT_LABEL), "the ledger signs statements only"
+        if not message.startswith(signing.STATEMENT_LABEL):  # a worker must not get checkpoints
+            raise ValueError("the ledger's key signs statements here, nothing else")
         return self.key.sign(message).signature
 
     # -- identity ---------------------------------------------------------------------------------

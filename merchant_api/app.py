@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from ledger.api.errors import APIError, error_response
 from merchant_api import settlements, webhooks
-from merchant_api.keys import KeyChecker
+from merchant_api.keys import RATE_BURST, RATE_PER_S, KeyChecker
 from merchant_api.routes import merchants, payment_orders, refunds
 from merchant_api.routes import settlements as settlement_routes
 from merchant_api.routes import statements as statement_routes
@@ -25,9 +25,13 @@ WORK_INTERVAL_S: Final = 1.0
 log = logging.getLogger("merchant_api")
 
 
-def install(app: FastAPI, service: MerchantService) -> None:
+def install(app: FastAPI, service: MerchantService, *, rate_share: float = 1.0) -> None:
+    """The merchant routes in ``app``; ``rate_share`` is this process's part of each key's rate
+    limit (an HTTP worker of N takes 1/N of the rate and of the burst)."""
     app.state.merchants = service
-    app.state.merchant_keys = KeyChecker(service.engine)
+    app.state.merchant_keys = KeyChecker(
+        service.engine, rate_per_s=RATE_PER_S * rate_share, burst=RATE_BURST * rate_share
+    )
 
     @app.exception_handler(MerchantError)
     async def _merchant_error(request: Request, exc: MerchantError) -> JSONResponse:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 
 from ledger.api.app import create_app
+from ledger.api.wallet_auth import SeenRequests
+from ledger.link import RemoteLedger, link_server
 from ledger.server import open_wallets
 from ledger.service import LedgerService
 from ledger.store.database import fresh_postgres_database
@@ -50,3 +54,38 @@ def app_for(service: LedgerService) -> FastAPI:
     the ledger's signing key."""
     key_dir = Path(tempfile.mkdtemp(prefix="ledger-kyc-"))
     return create_app(service, open_wallets(service, key_dir / "kyc.key"))
+
+
+@contextmanager
+def worker_app_for(service: LedgerService) -> Iterator[FastAPI]:
+    """The same API as an HTTP worker of ``ledger serve`` builds it: over a ``RemoteLedger``
+    linked (a real Unix socket, the real frames) to ``service`` as its writer."""
+    link_dir = Path(tempfile.mkdtemp(prefix="lk-"))  # short: Unix socket paths are limited
+    guard = SeenRequests()
+    server = link_server(link_dir / "link.sock", service, guard.first_time)
+    remote = RemoteLedger(link_dir / "link.sock", service.db)
+    key_dir = Path(tempfile.mkdtemp(prefix="ledger-kyc-"))
+    wallets = open_wallets(remote, key_dir / "kyc.key")
+    try:
+        yield create_app(remote, wallets, replay_guard=remote)
+    finally:
+        wallets.close()
+        remote.close()
+        server.close()
+        shutil.rmtree(link_dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["in_process", "worker"])
+def app_mode(request: pytest.FixtureRequest) -> str:
+    """Where the API runs: beside the writer (tests, ``LedgerService`` in process) or in an HTTP
+    worker over the link, as ``ledger serve`` runs it."""
+    return str(request.param)
+
+
+@contextmanager
+def served_app(service: LedgerService, mode: str) -> Iterator[FastAPI]:
+    if mode == "worker":
+        with worker_app_for(service) as app:
+            yield app
+    else:
+        yield app_for(service)

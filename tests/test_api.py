@@ -30,7 +30,7 @@ from ledger.domain import AMOUNT_MAX, BATCH_MAX, METADATA_BYTES_MAX, METADATA_KE
 from ledger.ids import new_uuid
 from ledger.service import LedgerService
 from ledger.store.database import is_sqlite, sqlite_path
-from tests.conftest import app_for
+from tests.conftest import app_for, served_app
 
 ORIGIN = "test.example/ledger"
 OP_A, OP_B = "bank_a", "bank_b"
@@ -64,8 +64,8 @@ def ledger_service(database_url: str, key_file: Path) -> Iterator[LedgerService]
 
 
 @pytest.fixture
-def api(ledger_service: LedgerService) -> Iterator[TestClient]:
-    with TestClient(app_for(ledger_service)) as client:
+def api(ledger_service: LedgerService, app_mode: str) -> Iterator[TestClient]:
+    with served_app(ledger_service, app_mode) as app, TestClient(app) as client:
         yield client
 
 
@@ -998,7 +998,7 @@ def test_an_operator_key_with_an_unusable_name_is_refused(
         response = api.post("/v1/api_keys", json={"operator": name}, headers=central_bank_headers)
         error(response, 422, "invalid_field", "operator")
     with pytest.raises(ValueError, match="reserved"):
-        create_api_key(api.app.state.ledger.store.engine, "operator", "central_bank")
+        create_api_key(api.app.state.ledger.db, "operator", "central_bank")
 
 
 # ================================================================================================

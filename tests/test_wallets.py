@@ -25,7 +25,7 @@ from ledger.ids import new_uuid
 from ledger.service import LedgerService
 from ledger.store.database import make_engine
 from ledger.verify import verify
-from tests.conftest import app_for
+from tests.conftest import app_for, served_app
 from tests.test_service import raw_sql
 from tests.test_verify import drop_triggers
 
@@ -186,7 +186,11 @@ class World:
 
 @pytest.fixture
 def world(
-    database_url: str, key_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str,
+    key_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    app_mode: str,
 ) -> Iterator[World]:
     limits_file = tmp_path / "limits.json"
     limits_file.write_text(json.dumps(SMALL))
@@ -199,7 +203,7 @@ def world(
     op = {"Authorization": "Bearer " + create_api_key(engine, "operator", "op_a").secret}
     op_b = {"Authorization": "Bearer " + create_api_key(engine, "operator", "op_b").secret}
     try:
-        with TestClient(app_for(service)) as api:
+        with served_app(service, app_mode) as app, TestClient(app) as api:
             w = World(api, service, clock, cb, op, op_b)
             for operator in ("op_a", "op_b"):
                 w.post("/v1/operators", {"operator": operator}, cb)

@@ -18,7 +18,7 @@ from ledger.api.routes import (
     transfers,
     wallets,
 )
-from ledger.api.wallet_auth import SeenRequests
+from ledger.api.wallet_auth import ReplayGuard, SeenRequests
 from ledger.auth import Authenticator
 from ledger.credit.consent import CreditData
 from ledger.credit.decisions import Decisions
@@ -28,9 +28,12 @@ from ledger.store.queries import Reader
 from ledger.wallets.service import Wallets
 
 
-def create_app(ledger: Ledger, wallet_service: Wallets) -> FastAPI:
+def create_app(
+    ledger: Ledger, wallet_service: Wallets, *, replay_guard: ReplayGuard | None = None
+) -> FastAPI:
     """The ledger's routes around a running ``Ledger`` and its wallet layer (which the
-    caller started and closes)."""
+    caller started and closes). ``replay_guard``: whose memory of signed wallet requests
+    refuses replays (default: this process's own)."""
     app = FastAPI(
         title="e-CNY reference ledger",
         version=API_VERSION,
@@ -44,7 +47,7 @@ def create_app(ledger: Ledger, wallet_service: Wallets) -> FastAPI:
     app.state.reader = Reader(ledger.db, ledger.origin)
     app.state.authenticator = Authenticator(ledger.db)
     app.state.wallets = wallet_service
-    app.state.seen_requests = SeenRequests()
+    app.state.seen_requests = replay_guard or SeenRequests()
     app.state.credit = CreditData(ledger, app.state.reader)
     app.state.credit_decisions = Decisions(app.state.credit)
     app.state.loans = Loans(ledger, app.state.reader, wallet_service, app.state.credit_decisions)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Protocol
 
 from ledger import checkpoint, entry
 from ledger.api.models import format_id
@@ -19,7 +19,6 @@ from ledger.domain import (
     flag_names,
 )
 from ledger.engine import OpResult
-from ledger.sequencer import CommittedBatch
 from ledger.store.queries import AccountView, EntryView, Reader, TransferView
 
 
@@ -99,15 +98,33 @@ def entry_view(e: EntryView) -> dict[str, Any]:
     }
 
 
+class ProvesEntries(Protocol):
+    """What the writer proved of a request's entries: ``sequencer.CommittedBatch`` in its own
+    process, ``link.ProvenEntries`` in an HTTP worker."""
+
+    @property
+    def checkpoint(self) -> checkpoint.Checkpoint: ...
+
+    def proves(self, seq: int, tree_size: int) -> bool: ...
+
+    def body(self, seq: int) -> bytes: ...
+
+    def inclusion_proof(self, seq: int) -> list[bytes]: ...
+
+
 def receipt(
-    reader: Reader, seq: int, tree_size: int, public_key: bytes, committed: object = None
+    reader: Reader,
+    seq: int,
+    tree_size: int,
+    public_key: bytes,
+    committed: ProvesEntries | None = None,
 ) -> dict[str, Any]:
     """Entry + inclusion proof + signed checkpoint: everything ``wallet_sdk.verify_receipt``
     needs to check a payment offline with only the ledger's public key.
 
     ``committed`` is ``OpResult.committed`` of the request that just made the entry: its
     receipt then comes from the writer's memory; any other is read from the database."""
-    if isinstance(committed, CommittedBatch) and committed.proves(seq, tree_size):
+    if committed is not None and committed.proves(seq, tree_size):
         body, signed = committed.body(seq), committed.checkpoint
         proof = committed.inclusion_proof(seq)
     else:

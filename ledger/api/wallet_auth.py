@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from fastapi import Request
 
@@ -27,7 +27,7 @@ from ledger.wallets.service import Wallets
 
 REQUEST_TOLERANCE_MS: Final = 300_000
 SEEN_MAX: Final = 100_000
-"""Signatures remembered to refuse replays within the tolerance window (per process)."""
+"""Signatures remembered to refuse replays within the tolerance window."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,15 @@ class Access:
     wallet_id: int | None
 
 
+class ReplayGuard(Protocol):
+    def first_time(self, signature: bytes, now_ms: int) -> bool:
+        """True the first time a signature is presented within the tolerance window."""
+        ...
+
+
 class SeenRequests:
+    """The replay guard of one process (a worker asks the writer's, through the link)."""
+
     def __init__(self) -> None:
         self._seen: OrderedDict[bytes, int] = OrderedDict()
         self._lock = threading.Lock()
@@ -101,7 +109,7 @@ async def _signed_wallet(request: Request) -> int:
         signing.verify(wallet.public_key, message, signature)
     except signing.SignatureError:
         raise APIError(401, "invalid_wallet_signature", "the signature does not verify") from None
-    seen: SeenRequests = request.app.state.seen_requests
+    seen: ReplayGuard = request.app.state.seen_requests
     if not seen.first_time(signature, now_ms):
         raise APIError(401, "wallet_request_replayed", "this signed request was already used")
     return wallet_id

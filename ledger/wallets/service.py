@@ -316,14 +316,18 @@ class Wallets:
 
     def _verify(self, p: SignedPayment) -> None:
         """Raise WalletError unless the payer's current key signed exactly this payment."""
-        wallet = self._require(p.payer)
-        if p.key_version != wallet.key_version:
+        key = self.ledger.wallet_key(p.payer)
+        if key is not None and key[0] != p.key_version:
+            key = self.ledger.wallet_key(p.payer, fresh=True)
+        if key is None:
+            raise WalletError("wallet_not_found", "no such wallet", "wallet_id")
+        version, public_key = key
+        if p.key_version != version:
             raise WalletError("wallet_key_rotated", "signed with a key the wallet no longer uses")
         try:
             signing.verify_payment(
-                wallet.public_key, p.authorization(), p.id, p.payer, p.payee, p.amount,
-                p.currency,
-            )  # fmt: skip
+                public_key, p.authorization(), p.id, p.payer, p.payee, p.amount, p.currency
+            )
         except signing.SignatureError:
             raise WalletError(
                 "signature_invalid", "the payer's signature does not verify"

@@ -1,0 +1,505 @@
+"""The link between HTTP worker processes and the writer's process.
+
+``ledger serve`` runs the one writer (sequencer, engine, journal, committer) in its own process
+and the HTTP API in worker processes, so that parsing, validation and signature checks use every
+core while one writer keeps one log. Each worker holds a ``RemoteLedger``: the ``Ledger``
+protocol over a Unix socket to the writer's ``LinkServer``.
+
+What crosses the link:
+
+* **submit**: an operation's items go to the writer, which queues them like any in-process
+  caller; the answer (result codes, replays, details, the items as the engine left them, and,
+  when asked, each accepted entry's body and inclusion proof with the checkpoint) comes back
+  once the batch is committed. Nothing is acknowledged before it is durable, as in process.
+* **calls**: reads of the writer's memory (an account, the limits in force, the committed size,
+  the clock), statement signatures (the signing key never leaves the writer) and the replay
+  guard of signed wallet requests (one for all workers).
+
+Frames are a 4-byte big-endian length and a pickle. Both ends are this program, run by one
+user; the socket lives in a directory only that user can enter. The domain's classes are
+compiled (mypyc) and have no pickle support of their own, so ``_Pickler`` sends them as their
+attribute values and ``_rebuild`` makes them again.
+
+A wallet's public key at a given key version never changes, so a worker keeps the keys it has
+seen (``RemoteLedger.wallet_key``) and verifies payments without asking the writer; the engine
+still checks, in sequence, that the version is current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import itertools
+import logging
+import os
+import pickle
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy.engine import Engine as Database
+
+from ledger import domain
+from ledger.checkpoint import Checkpoint
+from ledger.domain import Account, LimitSet
+from ledger.engine import OpResult
+from ledger.sequencer import CommittedBatch, LedgerUnavailable, Overloaded
+from ledger.service import LedgerService
+
+log = logging.getLogger("ledger.link")
+
+FRAME: Final = struct.Struct(">I")
+FRAME_MAX_BYTES: Final = 256 * 1024 * 1024
+"""Largest frame either end accepts: a full batch of BATCH_MAX items with attachments is a few
+MiB; anything near this is a bug, and the link is dropped rather than the memory taken."""
+READ_BUFFER_BYTES: Final = 256 * 1024
+SUBMIT, CALL = 0, 1
+WALLET_KEYS_MAX: Final = 1_000_000
+"""Wallet keys a worker remembers before it starts again from empty."""
+
+# -- the domain's compiled classes on the wire ------------------------------------------------
+
+
+def _blank_wallet() -> domain.Wallet:
+    return domain.Wallet(0, "", "", 0, b"", 0, 0)
+
+
+_BLANK: Final[dict[type, Callable[[], Any]]] = {
+    domain.Account: lambda: domain.Account(0, 0, 0),
+    domain.Transfer: lambda: domain.Transfer(0, 0, 0, 0, 0, 0),
+    domain.CloseAccount: lambda: domain.CloseAccount(0),
+    domain.LimitSet: lambda: domain.LimitSet(0, 0, 0, 0),
+    domain.Wallet: _blank_wallet,
+    domain.OpenWallet: lambda: domain.OpenWallet(domain.Account(0, 0, 0), _blank_wallet()),
+    domain.UpdateWallet: lambda: domain.UpdateWallet(0),
+    domain.Disbursement: lambda: domain.Disbursement(0, 0, 0, 0, 0, 0, 0, {}),
+    domain.AuditRecord: lambda: domain.AuditRecord("", {}),
+    domain.ActivateLimits: lambda: domain.ActivateLimits("", {}),
+    domain.Attachment: lambda: domain.Attachment("", (), ()),
+    domain.CancelTransferId: lambda: domain.CancelTransferId(0, ""),
+}
+
+
+_CLASSES: Final = list(_BLANK)
+_INDEX: Final = {cls: i for i, cls in enumerate(_CLASSES)}
+_ATTRS: Final = [
+    tuple(getattr(cls, "__mypyc_attrs__", ()) or vars(cls)["__slots__"]) for cls in _CLASSES
+]  # compiled classes name their attributes in __mypyc_attrs__, plain ones in __slots__
+_SKIP_ON_REPLY: Final = frozenset({"attachments"})
+"""Rows for the committer: sent with a request, never needed back."""
+
+
+def _rebuild(index: int, values: tuple) -> Any:
+    obj = _BLANK[_CLASSES[index]]()
+    for name, value in zip(_ATTRS[index], values, strict=True):
+        setattr(obj, name, value)
+    return obj
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, *, reply: bool = False) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.reply = reply
+
+    def reducer_override(self, obj: Any) -> Any:
+        index = _INDEX.get(type(obj))
+        if index is None:
+            return NotImplemented
+        skip = _SKIP_ON_REPLY if self.reply else ()
+        values = tuple(None if a in skip else getattr(obj, a) for a in _ATTRS[index])
+        return _rebuild, (index, values)
+
+
+def encode(message: object, *, reply: bool = False) -> bytes:
+    """One frame: length and pickle."""
+    buffer = io.BytesIO()
+    buffer.write(b"\0\0\0\0")
+    _Pickler(buffer, reply=reply).dump(message)
+    frame = buffer.getbuffer()
+    FRAME.pack_into(frame, 0, len(frame) - FRAME.size)
+    del frame
+    return buffer.getvalue()
+
+
+def read_frame(stream: io.IOBase) -> Any:
+    """The next message, or None at the end of the stream."""
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (size,) = FRAME.unpack(head)
+    if size > FRAME_MAX_BYTES:
+        raise ConnectionError(f"a frame of {size} bytes is over FRAME_MAX_BYTES")
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return pickle.loads(body)
+
+
+def update_in_place(local: Any, remote: Any) -> None:
+    """Give ``local`` what the writer's engine wrote onto its copy ``remote`` (seq, timestamp,
+    result...), recursively for the domain objects inside it; callers keep their references."""
+    index = _INDEX[type(local)]
+    for name in _ATTRS[index]:
+        if name in _SKIP_ON_REPLY:
+            continue
+        value, mine = getattr(remote, name), getattr(local, name)
+        if type(value) in _INDEX and type(mine) is type(value):
+            update_in_place(mine, value)
+        else:
+            setattr(local, name, value)
+
+
+# -- receipts from the writer's memory --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenEntries:
+    """The accepted entries of one request, with their inclusion proofs at ``checkpoint``: what
+    ``ledger.api.views.receipt`` needs, the same questions ``CommittedBatch`` answers."""
+
+    checkpoint: Checkpoint
+    entries: dict[int, tuple[bytes, list[bytes]]]
+
+    def proves(self, seq: int, tree_size: int) -> bool:
+        return tree_size == self.checkpoint.size and seq in self.entries
+
+    def body(self, seq: int) -> bytes:
+        return self.entries[seq][0]
+
+    def inclusion_proof(self, seq: int) -> list[bytes]:
+        return self.entries[seq][1]
+
+
+def prove(items: list, result: OpResult) -> ProvenEntries | None:
+    """Bodies and proofs of the accepted items, from the batch the writer committed."""
+    batch = result.committed
+    if not isinstance(batch, CommittedBatch):
+        return None
+    entries = {}
+    for item, code in zip(items, result.codes, strict=True):
+        seq = getattr(item, "seq", -1)
+        if code == 0 and seq >= 0 and batch.proves(seq, result.tree_size):
+            entries[seq] = (batch.body(seq), batch.inclusion_proof(seq))
+    return ProvenEntries(batch.checkpoint, entries)
+
+
+# -- the writer's side ------------------------------------------------------------------------
+
+
+class LinkServer:
+    """Accepts workers on a Unix socket and serves their submits and calls.
+
+    ``submit`` is the writer's own (``LedgerService.submit``); ``calls`` are the functions a
+    worker may call by name. Each worker gets a reader thread (requests in) and a sender thread
+    (answers out, all that are ready in one write)."""
+
+    def __init__(
+        self,
+        path: Path,
+        submit: Callable[[int, list, str | None], Future[OpResult]],
+        calls: dict[str, Callable[..., Any]],
+    ) -> None:
+        self.path = path
+        self._submit, self._calls = submit, calls
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._listener.bind(str(path))
+        os.chmod(path, 0o600)
+        self._listener.listen(64)
+        self._peers: list[_Peer] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="ledger-link", daemon=True)
+        self._thread.start()
+
+    def peers(self) -> int:
+        """Workers connected now."""
+        return sum(p.alive for p in self._peers)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            peer = _Peer(conn, self._submit, self._calls)
+            self._peers = [p for p in self._peers if p.alive] + [peer]
+            peer.start()
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for peer in self._peers:
+            peer.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class _Peer:
+    def __init__(
+        self,
+        conn: socket.socket,
+        submit: Callable[[int, list, str | None], Future[OpResult]],
+        calls: dict[str, Callable[..., Any]],
+    ) -> None:
+        self.conn = conn
+        self._submit, self._calls = submit, calls
+        self._out: list[tuple[int, Any]] = []
+        self._cond = threading.Condition()
+        self.alive = True
+        self._threads = [
+            threading.Thread(target=self._read, name="ledger-link-in", daemon=True),
+            threading.Thread(target=self._send, name="ledger-link-out", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self.alive = False
+            self._cond.notify()
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)
+
+    def _answer(self, request_id: int, answer: Any) -> None:
+        with self._cond:
+            self._out.append((request_id, answer))
+            self._cond.notify()
+
+    def _read(self) -> None:
+        stream = self.conn.makefile("rb", buffering=READ_BUFFER_BYTES)
+        try:
+            while True:
+                message = read_frame(stream)
+                if message is None:
+                    break
+                request_id, kind, payload = message
+                self._handle(request_id, kind, payload)
+        except (OSError, ConnectionError, pickle.UnpicklingError, ValueError) as exc:
+            log.warning("a worker's link failed: %s", exc)
+        finally:
+            self.close()
+
+    def _handle(self, request_id: int, kind: int, payload: Any) -> None:
+        if kind == SUBMIT:
+            op, items, operator, receipts = payload
+            try:
+                future = self._submit(op, items, operator)
+            except (Overloaded, LedgerUnavailable) as exc:
+                self._answer(request_id, _error(exc))
+                return
+            future.add_done_callback(lambda f: self._answer(request_id, (f, items, receipts)))
+            return
+        name, args = payload
+        try:
+            self._answer(request_id, ("ok", self._calls[name](*args)))
+        except Exception as exc:  # a bug or a refusal: the caller raises it, the writer goes on
+            self._answer(request_id, _error(exc))
+
+    def _send(self) -> None:
+        while True:
+            with self._cond:
+                while not self._out and self.alive:
+                    self._cond.wait()
+                if not self.alive:
+                    return
+                out, self._out = self._out, []
+            frames = [encode((rid, _finish(answer)), reply=True) for rid, answer in out]
+            try:
+                self.conn.sendall(b"".join(frames))
+            except OSError:
+                self.close()
+                return
+
+
+def _error(exc: BaseException) -> tuple:
+    if isinstance(exc, Overloaded):
+        return ("overloaded", exc.retry_after_s)
+    if isinstance(exc, LedgerUnavailable):
+        return ("unavailable", str(exc))
+    return ("error", f"{type(exc).__name__}: {exc}")
+
+
+def _finish(answer: Any) -> tuple:
+    """A submit's future, once done, as the tuple that crosses the link (built on the sender
+    thread, not on the committer's)."""
+    if not isinstance(answer[0], Future):
+        return answer
+    future, items, receipts = answer
+    exc = future.exception()
+    if exc is not None:
+        return _error(exc)
+    r: OpResult = future.result()
+    proven = prove(items, r) if receipts else None
+    return ("result", (r.codes, r.replayed, r.details, r.tree_size, items, proven))
+
+
+# -- the worker's side ------------------------------------------------------------------------
+
+
+class RemoteLedger:
+    """The ``Ledger`` protocol in an HTTP worker: writes and the writer's memory over the link,
+    reads from the database directly (``db``). ``on_lost`` runs once if the link breaks (the
+    writer is gone: a worker exits rather than answer without it)."""
+
+    def __init__(
+        self, path: Path, db: Database, *, on_lost: Callable[[], None] | None = None
+    ) -> None:
+        self.db = db
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.connect(str(path))
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, tuple[Future[Any], list | None]] = {}
+        self._ids = itertools.count(1)
+        self._lost: str | None = None
+        self._on_lost = on_lost
+        self._keys: dict[int, tuple[int, bytes]] = {}
+        self._reader = threading.Thread(target=self._read, name="ledger-link", daemon=True)
+        self._reader.start()
+        self.public_key, self.origin = self._call("identity")
+
+    # -- the wire --
+
+    def _request(self, kind: int, payload: tuple, items: list | None) -> Future[Any]:
+        future: Future[Any] = Future()
+        request_id = next(self._ids)
+        frame = encode((request_id, kind, payload))
+        with self._send_lock:
+            if self._lost is not None:
+                raise LedgerUnavailable(self._lost)
+            self._pending[request_id] = (future, items)
+            try:
+                self._sock.sendall(frame)
+            except OSError as exc:
+                self._pending.pop(request_id, None)
+                raise LedgerUnavailable(f"the link to the writer failed: {exc}") from None
+        return future
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return self._request(CALL, (name, args), None).result()
+
+    def _read(self) -> None:
+        stream = self._sock.makefile("rb", buffering=READ_BUFFER_BYTES)
+        reason = "the writer closed the link"
+        try:
+            while (message := read_frame(stream)) is not None:
+                request_id, answer = message
+                future, items = self._pending.pop(request_id)
+                _resolve(future, items, answer)
+        except Exception as exc:
+            reason = f"the link to the writer failed: {exc}"
+            log.exception("reading from the writer failed")
+        with self._send_lock:
+            self._lost = reason
+            pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            future.set_exception(LedgerUnavailable(reason))
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._reader.join(10)
+        self._sock.close()
+
+    # -- the Ledger protocol --
+
+    def submit(
+        self, op: int, items: list, operator: str | None = None, *, receipts: bool = False
+    ) -> Future[OpResult]:
+        """Raises ``Overloaded`` (through the future) when the writer's queue is full."""
+        return self._request(SUBMIT, (op, items, operator, receipts), items)
+
+    async def execute(
+        self, op: int, items: list, operator: str | None = None, *, receipts: bool = False
+    ) -> OpResult:
+        return await asyncio.wrap_future(self.submit(op, items, operator, receipts=receipts))
+
+    def clock_ns(self) -> int:
+        now: int = self._call("clock_ns")
+        return now
+
+    def account(self, account_id: int) -> Account | None:
+        found: Account | None = self._call("account", account_id)
+        return found
+
+    def wallet_key(self, wallet_id: int, *, fresh: bool = False) -> tuple[int, bytes] | None:
+        """The wallet's (key version, public key) as last seen; ``fresh`` asks the writer. A
+        remembered key may be older than the wallet's current one: the engine refuses what it
+        signs (``wallet_key_rotated``), so a stale answer can never let a payment through."""
+        known = None if fresh else self._keys.get(wallet_id)
+        if known is not None:
+            return known
+        found: tuple[int, bytes] | None = self._call("wallet_key", wallet_id)
+        if found is not None:
+            if len(self._keys) >= WALLET_KEYS_MAX:
+                self._keys.clear()
+            self._keys[wallet_id] = found
+        return found
+
+    def limits(self) -> tuple[str, dict[int, LimitSet]]:
+        found: tuple[str, dict[int, LimitSet]] = self._call("limits")
+        return found
+
+    def committed_size(self) -> int:
+        size: int = self._call("committed_size")
+        return size
+
+    def sign_statement(self, message: bytes) -> bytes:
+        signature: bytes = self._call("sign_statement", message)
+        return signature
+
+    def first_time(self, signature: bytes, now_ms: int) -> bool:
+        """The writer's replay guard for signed wallet requests (one for every worker)."""
+        first: bool = self._call("first_time", signature, now_ms)
+        return first
+
+    def public_key_b64(self) -> str:
+        return base64.b64encode(self.public_key).decode()
+
+
+def _resolve(future: Future[Any], items: list | None, answer: tuple) -> None:
+    kind, value = answer
+    if kind == "ok":
+        future.set_result(value)
+    elif kind == "result":
+        codes, replayed, details, tree_size, done, proven = value
+        assert items is not None and len(done) == len(items)
+        for mine, theirs in zip(items, done, strict=True):
+            update_in_place(mine, theirs)
+        future.set_result(OpResult(codes, replayed, details, tree_size, proven))
+    elif kind == "overloaded":
+        future.set_exception(Overloaded(value))
+    elif kind == "unavailable":
+        future.set_exception(LedgerUnavailable(value))
+    else:
+        future.set_exception(RuntimeError(f"the writer refused a call: {value}"))
+
+
+def link_server(
+    path: Path, ledger: LedgerService, first_time: Callable[[bytes, int], bool]
+) -> LinkServer:
+    """The writer's end for ``ledger``: what a ``RemoteLedger`` may ask of it, by name."""
+    calls: dict[str, Callable[..., Any]] = {
+        "identity": lambda: (ledger.public_key, ledger.origin),
+        "clock_ns": lambda: ledger.clock_ns(),
+        "account": ledger.account,
+        "wallet_key": ledger.wallet_key,
+        "limits": ledger.limits,
+        "committed_size": ledger.committed_size,
+        "sign_statement": ledger.sign_statement,
+        "first_time": first_time,
+    }
+    return LinkServer(path, ledger.submit, calls)

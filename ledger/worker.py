@@ -1,0 +1,79 @@
+"""An HTTP worker of ``ledger serve`` (started by ``ledger.server.LedgerServer``, not by hand).
+
+It serves the whole API with uvicorn on the listening socket its parent, the writer, bound and
+passed down, over a ``RemoteLedger`` linked to the writer. It dies with its parent: a worker
+must never answer for a ledger whose writer is gone."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from ledger.link import RemoteLedger
+from ledger.store.database import make_engine
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent exits (Linux), even by SIGKILL."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ledger.worker", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="the listening socket")
+    parser.add_argument("--link", type=Path, required=True, help="the writer's link socket")
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--kyc-key-file", type=Path, required=True)
+    parser.add_argument("--merchant-key-file", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="how many workers share the port")
+    parser.add_argument("--index", type=int, default=0)
+    args = parser.parse_args(argv)
+    die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from ledger.server import full_app, open_wallets
+    from ledger.wallets.kyc import load_or_create_key
+
+    def lost() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn stops; in-flight requests answer 503
+
+    remote = RemoteLedger(args.link, make_engine(args.database), on_lost=lost)
+    wallets = open_wallets(remote, args.kyc_key_file)
+    app, _ = full_app(
+        remote,
+        wallets,
+        load_or_create_key(args.merchant_key_file),
+        replay_guard=remote,
+        rate_share=1 / args.workers,
+    )
+    listener = socket.socket(fileno=args.fd)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        wallets.close()
+        remote.close()
+        remote.db.dispose()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
