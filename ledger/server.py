@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import shutil
@@ -61,6 +62,19 @@ RESTARTS_MAX: Final = 5
 """Workers that exit on their own are started again, this many times in all; then the server
 stops (a worker that cannot start would otherwise be restarted for ever)."""
 STOP_WAIT_S: Final = 30.0
+GC_YOUNG_THRESHOLD: Final = int(os.environ.get("LEDGER_GC_THRESHOLD", "50000"))
+"""Allocations between collections of the youngest generation (CPython's default: 700)."""
+
+
+def settle_heap() -> None:
+    """Once a process has started: what exists now (modules, the app, the writer's state) lives
+    as long as the process, so the collector stops looking at it (``gc.freeze``), and young
+    objects are collected less often. Without this, each full collection walked every object
+    of the process: pauses of 100-160 ms several times in ten seconds of load (measured in a
+    worker), which were the API's p99."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
 def open_wallets(ledger: Ledger, kyc_key_file: Path) -> Wallets:
@@ -147,6 +161,7 @@ class LedgerServer:
             self.app, self.ledger = self._stack.enter_context(running(self.settings))
             if self._before_workers is not None:
                 self._before_workers(self.ledger)
+            settle_heap()
             self._link_dir = Path(tempfile.mkdtemp(prefix="ledger-link-"))  # mode 0700
             self._stack.callback(shutil.rmtree, self._link_dir, True)
             self._link = link_server(

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from ledger.server import full_app, open_wallets
+    from ledger.server import full_app, open_wallets, settle_heap
     from ledger.wallets.kyc import load_or_create_key
 
     def lost() -> None:
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         replay_guard=remote,
         rate_share=1 / args.workers,
     )
+    settle_heap()
     listener = socket.socket(fileno=args.fd)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     try:
