@@ -8,7 +8,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -65,11 +65,12 @@ def serve(
     import time
 
     from ledger import auth
+    from ledger.process import few_malloc_arenas
     from ledger.server import WORKERS_DEFAULT, LedgerServer, signals_stop
     from ledger.service import LedgerService
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _few_malloc_arenas()
+    few_malloc_arenas()
     settings = Settings.from_env(database, key_file, host, port)
     count = workers or int(os.environ.get("LEDGER_WORKERS", WORKERS_DEFAULT))
 
@@ -351,26 +352,6 @@ def keys_revoke(key_id: str, database: DatabaseOpt = None) -> None:
         err.print(f"[red]error[/] no active key {key_id}")
         raise typer.Exit(1)
     print(f"revoked {key_id}")
-
-
-MALLOC_ARENAS: Final = 2
-
-
-def _few_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas before any thread starts (as MALLOC_ARENA_MAX would). With an
-    arena per busy thread (the request thread pool, signature checks, the writer) memory freed
-    in one arena is not reused by another, and the server's resident size crept up under steady
-    load (measured: 7.7 MiB/min with the default, 3.6 with two). Not glibc: nothing to do."""
-    import ctypes
-    import ctypes.util
-
-    if "MALLOC_ARENA_MAX" in os.environ:  # the operator chose
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 # -- credit scorecards ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import contextlib
 import io
 import itertools
 import logging
+import operator
 import os
 import pickle
 import socket
@@ -92,8 +93,22 @@ _INDEX: Final = {cls: i for i, cls in enumerate(_CLASSES)}
 _ATTRS: Final = [
     tuple(getattr(cls, "__mypyc_attrs__", ()) or vars(cls)["__slots__"]) for cls in _CLASSES
 ]  # compiled classes name their attributes in __mypyc_attrs__, plain ones in __slots__
-_SKIP_ON_REPLY: Final = frozenset({"attachments"})
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple]:
+    """The tuple of an object's attribute values, in C (attrgetter gives a bare value for one)."""
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda obj: (one(obj),)
+    return operator.attrgetter(*names)
+
+
+_GET: Final = [_getter(names) for names in _ATTRS]
+_SKIP_ON_REPLY: Final = "attachments"
 """Rows for the committer: sent with a request, never needed back."""
+_SKIP_AT: Final = [
+    names.index(_SKIP_ON_REPLY) if _SKIP_ON_REPLY in names else -1 for names in _ATTRS
+]
 
 
 def _rebuild(index: int, values: tuple) -> Any:
@@ -112,8 +127,10 @@ class _Pickler(pickle.Pickler):
         index = _INDEX.get(type(obj))
         if index is None:
             return NotImplemented
-        skip = _SKIP_ON_REPLY if self.reply else ()
-        values = tuple(None if a in skip else getattr(obj, a) for a in _ATTRS[index])
+        values = _GET[index](obj)
+        skip = _SKIP_AT[index]
+        if self.reply and skip >= 0:
+            return _rebuild, (index, (*values[:skip], None, *values[skip + 1 :]))
         return _rebuild, (index, values)
 
 
@@ -147,7 +164,7 @@ def update_in_place(local: Any, remote: Any) -> None:
     result...), recursively for the domain objects inside it; callers keep their references."""
     index = _INDEX[type(local)]
     for name in _ATTRS[index]:
-        if name in _SKIP_ON_REPLY:
+        if name == _SKIP_ON_REPLY:
             continue
         value, mine = getattr(remote, name), getattr(local, name)
         if type(value) in _INDEX and type(mine) is type(value):

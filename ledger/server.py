@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import logging
 import os
 import shutil
@@ -44,6 +43,7 @@ from ledger.api.wallet_auth import ReplayGuard
 from ledger.config import Settings
 from ledger.credit.loans import Collector
 from ledger.link import LinkServer, link_server
+from ledger.process import settle_heap
 from ledger.service import Ledger, LedgerService
 from ledger.wallets.kyc import KycStore, load_or_create_key
 from ledger.wallets.service import Wallets
@@ -62,19 +62,6 @@ RESTARTS_MAX: Final = 5
 """Workers that exit on their own are started again, this many times in all; then the server
 stops (a worker that cannot start would otherwise be restarted for ever)."""
 STOP_WAIT_S: Final = 30.0
-GC_YOUNG_THRESHOLD: Final = int(os.environ.get("LEDGER_GC_THRESHOLD", "50000"))
-"""Allocations between collections of the youngest generation (CPython's default: 700)."""
-
-
-def settle_heap() -> None:
-    """Once a process has started: what exists now (modules, the app, the writer's state) lives
-    as long as the process, so the collector stops looking at it (``gc.freeze``), and young
-    objects are collected less often. Without this, each full collection walked every object
-    of the process: pauses of 100-160 ms several times in ten seconds of load (measured in a
-    worker), which were the API's p99."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
 def open_wallets(ledger: Ledger, kyc_key_file: Path) -> Wallets:
@@ -183,7 +170,7 @@ class LedgerServer:
         assert self._socket is not None and self._link is not None
         fd = self._socket.fileno()
         env = dict(os.environ)
-        env.setdefault("MALLOC_ARENA_MAX", "2")  # see ledger.cli._few_malloc_arenas
+        env.setdefault("MALLOC_ARENA_MAX", "2")  # see ledger.process.few_malloc_arenas
         s = self.settings
         command = [
             sys.executable, "-m", "ledger.worker", "--fd", str(fd),

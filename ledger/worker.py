@@ -7,8 +7,6 @@ must never answer for a ledger whose writer is gone."""
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -17,21 +15,8 @@ import sys
 from pathlib import Path
 
 from ledger.link import RemoteLedger
+from ledger.process import die_with_parent, settle_heap
 from ledger.store.database import make_engine
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """SIGKILL this process when its parent exits (Linux), even by SIGKILL."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from ledger.server import full_app, open_wallets, settle_heap
+    from ledger.server import full_app, open_wallets
     from ledger.wallets.kyc import load_or_create_key
 
     def lost() -> None:

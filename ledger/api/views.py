@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 from typing import Any, Protocol
 
 from ledger import checkpoint, entry
@@ -173,6 +174,13 @@ def wallet_view(
 
 
 def checkpoint_view(c: checkpoint.Checkpoint, public_key: bytes) -> dict[str, Any]:
+    return dict(_checkpoint_view(c, public_key))
+
+
+@functools.lru_cache(maxsize=64)
+def _checkpoint_view(c: checkpoint.Checkpoint, public_key: bytes) -> dict[str, Any]:
+    """Made once per checkpoint: every receipt of a batch carries the same one (its signed
+    note costs a hash and two encodings)."""
     return {
         "origin": c.origin,
         "tree_size": c.size,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from ledger.journal import BatchRows
+from ledger.process import settle_heap
 from ledger.store.database import SQLITE_WRITER_CACHE_KIB, make_engine, migrate
 from ledger.store.writer import LedgerLockedError, Store, WriterLock
 
@@ -128,6 +129,7 @@ def _main(url: str, conn: Connection, extra_migrations: Sequence[str] = ()) -> N
     try:
         migrate(engine, [Path(p) for p in extra_migrations])
         store = Store(engine)
+        settle_heap()
         conn.send(("ready", None))
         _serve(store, conn)
     except Exception as exc:  # report, then exit: the parent fails the batch and restarts us
