@@ -8,7 +8,7 @@ protocol over a Unix socket to the writer's ``LinkServer``.
 What crosses the link:
 
 * **submit**: an operation's items go to the writer, which queues them like any in-process
-  caller; the answer (result codes, replays, details, the items as the engine left them, and,
+  caller; the answer (result codes, replays, details, what the engine wrote onto the items, and,
   when asked, each accepted entry's body and inclusion proof with the checkpoint) comes back
   once the batch is committed. Nothing is acknowledged before it is durable, as in process.
 * **calls**: reads of the writer's memory (an account, the limits in force, the committed size,
@@ -104,11 +104,8 @@ def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple]:
 
 
 _GET: Final = [_getter(names) for names in _ATTRS]
-_SKIP_ON_REPLY: Final = "attachments"
+_NOT_BACK: Final = "attachments"
 """Rows for the committer: sent with a request, never needed back."""
-_SKIP_AT: Final = [
-    names.index(_SKIP_ON_REPLY) if _SKIP_ON_REPLY in names else -1 for names in _ATTRS
-]
 
 
 def _rebuild(index: int, values: tuple) -> Any:
@@ -119,26 +116,18 @@ def _rebuild(index: int, values: tuple) -> Any:
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, *, reply: bool = False) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.reply = reply
-
     def reducer_override(self, obj: Any) -> Any:
         index = _INDEX.get(type(obj))
         if index is None:
             return NotImplemented
-        values = _GET[index](obj)
-        skip = _SKIP_AT[index]
-        if self.reply and skip >= 0:
-            return _rebuild, (index, (*values[:skip], None, *values[skip + 1 :]))
-        return _rebuild, (index, values)
+        return _rebuild, (index, _GET[index](obj))
 
 
-def encode(message: object, *, reply: bool = False) -> bytes:
+def encode(message: object) -> bytes:
     """One frame: length and pickle."""
     buffer = io.BytesIO()
     buffer.write(b"\0\0\0\0")
-    _Pickler(buffer, reply=reply).dump(message)
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
     frame = buffer.getbuffer()
     FRAME.pack_into(frame, 0, len(frame) - FRAME.size)
     del frame
@@ -159,16 +148,34 @@ def read_frame(stream: io.IOBase) -> Any:
     return pickle.loads(body)
 
 
-def update_in_place(local: Any, remote: Any) -> None:
-    """Give ``local`` what the writer's engine wrote onto its copy ``remote`` (seq, timestamp,
-    result...), recursively for the domain objects inside it; callers keep their references."""
-    index = _INDEX[type(local)]
-    for name in _ATTRS[index]:
-        if name == _SKIP_ON_REPLY:
+def snapshot(item: Any) -> tuple:
+    """An item's attribute values as it arrived, to answer with what the engine changed."""
+    values: tuple = _GET[_INDEX[type(item)]](item)
+    return values
+
+
+def changes(item: Any, before: tuple) -> tuple[tuple[int, Any], ...]:
+    """What the writer's engine wrote onto ``item`` (seq, timestamp, result...) since
+    ``before``, as (attribute position, value) pairs; domain objects inside it go whole, since
+    the engine may have changed them in place. Answers stay small: a payment's is two pairs."""
+    out = []
+    for position, (old, new) in enumerate(zip(before, snapshot(item), strict=True)):
+        if type(new) in _INDEX or (new is not old and new != old):
+            out.append((position, new))
+    return tuple(out)
+
+
+def apply_changes(local: Any, changed: tuple[tuple[int, Any], ...]) -> None:
+    """Give the caller's ``local`` item the writer's changes; callers keep their references,
+    to the domain objects inside it too."""
+    names = _ATTRS[_INDEX[type(local)]]
+    for position, value in changed:
+        name = names[position]
+        if name == _NOT_BACK:
             continue
-        value, mine = getattr(remote, name), getattr(local, name)
+        mine = getattr(local, name)
         if type(value) in _INDEX and type(mine) is type(value):
-            update_in_place(mine, value)
+            apply_changes(mine, tuple(enumerate(snapshot(value))))
         else:
             setattr(local, name, value)
 
@@ -311,12 +318,15 @@ class _Peer:
     def _handle(self, request_id: int, kind: int, payload: Any) -> None:
         if kind == SUBMIT:
             op, items, operator, receipts = payload
+            before = [snapshot(item) for item in items]
             try:
                 future = self._submit(op, items, operator)
             except (Overloaded, LedgerUnavailable) as exc:
                 self._answer(request_id, _error(exc))
                 return
-            future.add_done_callback(lambda f: self._answer(request_id, (f, items, receipts)))
+            future.add_done_callback(
+                lambda f: self._answer(request_id, (f, items, before, receipts))
+            )
             return
         name, args = payload
         try:
@@ -332,7 +342,7 @@ class _Peer:
                 if not self.alive:
                     return
                 out, self._out = self._out, []
-            frames = [encode((rid, _finish(answer)), reply=True) for rid, answer in out]
+            frames = [encode((rid, _finish(answer))) for rid, answer in out]
             try:
                 self.conn.sendall(b"".join(frames))
             except OSError:
@@ -353,13 +363,14 @@ def _finish(answer: Any) -> tuple:
     thread, not on the committer's)."""
     if not isinstance(answer[0], Future):
         return answer
-    future, items, receipts = answer
+    future, items, before, receipts = answer
     exc = future.exception()
     if exc is not None:
         return _error(exc)
     r: OpResult = future.result()
     proven = prove(items, r) if receipts else None
-    return ("result", (r.codes, r.replayed, r.details, r.tree_size, items, proven))
+    changed = [changes(item, old) for item, old in zip(items, before, strict=True)]
+    return ("result", (r.codes, r.replayed, r.details, r.tree_size, changed, proven))
 
 
 # -- the worker's side ------------------------------------------------------------------------
@@ -597,10 +608,10 @@ def _resolve(future: Future[Any] | asyncio.Future[Any], items: list | None, answ
     if kind == "ok":
         future.set_result(value)
     elif kind == "result":
-        codes, replayed, details, tree_size, done, proven = value
-        assert items is not None and len(done) == len(items)
-        for mine, theirs in zip(items, done, strict=True):
-            update_in_place(mine, theirs)
+        codes, replayed, details, tree_size, changed, proven = value
+        assert items is not None and len(changed) == len(items)
+        for mine, theirs in zip(items, changed, strict=True):
+            apply_changes(mine, theirs)
         future.set_result(OpResult(codes, replayed, details, tree_size, proven))
     elif kind == "overloaded":
         future.set_exception(Overloaded(value))

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,10 +22,13 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from ledger import auth, checkpoint, merkle
 from ledger.api.errors import BODY_MAX_BYTES
+from ledger.api.models import format_id, parse_id
 from ledger.auth import create_api_key
 from ledger.domain import AMOUNT_MAX, BATCH_MAX, METADATA_BYTES_MAX, METADATA_KEYS_MAX
 from ledger.ids import new_uuid
@@ -1438,3 +1442,13 @@ def test_openapi_lists_every_route(api: TestClient) -> None:
     docs = api.get("/docs")
     assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
     assert "swagger" in docs.text.lower() and docs.headers["Request-Id"]
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_ids_read_and_written_as_uuid_does(value: int) -> None:
+    text = str(uuid.UUID(int=value))
+    assert format_id(value) == text
+    assert parse_id(text) == parse_id(text.upper()) == parse_id(text.replace("-", "")) == value
+    for bad in (" " + text, text[:-1] + "g", text + "0", text.replace("-", "_")):
+        with pytest.raises(ValueError):
+            parse_id(bad)

@@ -124,21 +124,28 @@ def test_every_domain_class_crosses_the_link_whole() -> None:
     assert [type(x) for x in got] == [type(x) for x in items]
 
 
-def test_answers_leave_attachments_behind() -> None:
-    t = Transfer(new_id(), new_id(), new_id(), 1, CNY, 1)
+def test_answers_carry_what_the_engine_changed_and_nothing_else() -> None:
+    t = Transfer(new_id(), new_id(), new_id(), 1, CNY, 1, authorization=b"s" * 80)
     t.attachments = [domain.Attachment("rows", ("a",), (1,))]
-    frame = link.encode((5, ("result", [t])), reply=True)
-    _, (_, [back]) = link.read_frame(io.BufferedReader(io.BytesIO(frame)))  # type: ignore[arg-type]
-    assert back.attachments is None and back.id == t.id
+    before = link.snapshot(t)
+    t.seq, t.timestamp = 7, 99
+    changed = link.changes(t, before)
+    names = link._ATTRS[link._INDEX[Transfer]]
+    assert {names[i]: v for i, v in changed} == {"seq": 7, "timestamp": 99}
+    mine = Transfer(t.id, t.debit_account_id, t.credit_account_id, 1, CNY, 1)
+    mine.attachments = t.attachments
+    link.apply_changes(mine, changed)
+    assert (mine.seq, mine.timestamp) == (7, 99) and mine.attachments is t.attachments
 
 
-def test_update_in_place_keeps_the_callers_objects() -> None:
+def test_nested_changes_keep_the_callers_objects() -> None:
     key = SigningKey.generate()
-    mine = wallet_account(new_id(), key)
+    theirs = wallet_account(new_id(), key)
+    before = link.snapshot(theirs)
+    theirs.account.seq, theirs.account.timestamp = 12, 34  # changed in place, as the engine does
+    mine = wallet_account(theirs.id, key)
     inner = mine.account
-    theirs = wallet_account(mine.id, key)
-    theirs.account.seq, theirs.account.timestamp = 12, 34
-    link.update_in_place(mine, theirs)
+    link.apply_changes(mine, link.changes(theirs, before))
     assert mine.account is inner and (inner.seq, inner.timestamp) == (12, 34)
 
 

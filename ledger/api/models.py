@@ -8,6 +8,7 @@ strings are refused with a message that says so.
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from typing import Annotated, Any, Final, Literal
 
@@ -31,11 +32,19 @@ from ledger.domain import (
 )
 from ledger.entry import canonical_metadata
 
+_CANONICAL_UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+"""The form nearly every id arrives in, read without ``uuid.UUID`` (a few times faster: three
+ids in every payment)."""
+
 
 def parse_id(value: Any) -> int:
     """A UUID string (with or without dashes) -> its 128-bit integer."""
     if not isinstance(value, str):
         raise ValueError("ids are UUID strings, e.g. 0190f0a2-7c1e-7b3a-9d2e-1f2a3b4c5d6e")
+    if _CANONICAL_UUID.fullmatch(value):
+        return int(value.replace("-", ""), 16)
     try:
         return uuid.UUID(value).int
     except ValueError:
@@ -43,7 +52,11 @@ def parse_id(value: Any) -> int:
 
 
 def format_id(value: int) -> str:
-    return str(uuid.UUID(int=value))
+    """A 128-bit id as the canonical UUID string (what ``str(uuid.UUID(int=value))`` gives)."""
+    if not 0 <= value < 1 << 128:
+        raise ValueError("ids are 128-bit")
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 Id128 = Annotated[
