@@ -1,8 +1,8 @@
 """A soak run: a fresh ``ledger serve`` under the pilot profile's steady traffic for minutes,
-with the server's resident memory (the API process and its committer, from ``/proc``) sampled
-every few seconds. It reports the memory after warm-up, at the end and at its peak, and whether
-it stayed flat (the end within 20 % of the warm-up figure), then the profile's own SLO and audit
-verdicts.
+with the server's resident memory (the writer, its committer and its HTTP workers, from
+``/proc``) sampled every few seconds. It reports the memory after warm-up, at the end and at
+its peak, and whether it stayed flat (the end within 20 % of the warm-up figure), then the
+profile's own SLO and audit verdicts.
 
     python -m loadtests.soak --minutes 10 --base-users 40 --out reports/soak
 
@@ -45,9 +45,17 @@ def own_rss(pid: int) -> int:
     return sum(int(x.split()[1]) * 1024 for x in status.splitlines() if x.startswith("VmRSS:"))
 
 
-def rss_bytes(pid: int) -> tuple[int, int]:
-    """Resident memory of the API process, and of its descendants (the committer), in bytes."""
-    return own_rss(pid), sum(own_rss(p) for p in descendants(pid))
+def rss_bytes(pid: int) -> dict[str, int]:
+    """Resident memory in bytes of the writer (``pid``), its committer and its HTTP workers."""
+    out = {"writer": own_rss(pid), "committer": 0, "workers": 0}
+    for child in descendants(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        role = "workers" if b"ledger.worker" in command else "committer"
+        out[role] += own_rss(child)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,15 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         str(out / "locust"),
     ]
     samples: list[tuple[float, int]] = []
-    parts: list[tuple[int, int]] = []
+    parts: list[dict[str, int]] = []
     started = time.monotonic()
     try:
         with open(out / "locust.log", "w") as log:
             load = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=out)
             while load.poll() is None:
-                api, committer = rss_bytes(server.proc.pid)
-                samples.append((time.monotonic() - started, api + committer))
-                parts.append((api, committer))
+                rss = rss_bytes(server.proc.pid)
+                samples.append((time.monotonic() - started, sum(rss.values())))
+                parts.append(rss)
                 time.sleep(SAMPLE_S)
     finally:
         server.stop()
@@ -113,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         "rss_after_warm_up_mib": round(first / 2**20, 1),
         "rss_end_mib": round(last / 2**20, 1),
         "rss_peak_mib": round(peak / 2**20, 1),
+        "rss_end_by_process_mib": {k: round(v / 2**20, 1) for k, v in parts[-1].items()},
+        "rss_after_warm_up_by_process_mib": {
+            k: round(v / 2**20, 1) for k, v in parts[len(samples) - len(warm)].items()
+        },
         "growth": round(growth, 4),
         "flat": abs(growth) <= FLAT_WITHIN,
         "samples": len(samples),
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "acknowledged": profile.get("audit", {}).get("acknowledged"),
     }
     (out / "soak.json").write_text(
-        json.dumps({**result, "rss": samples, "api_committer": parts}, indent=1) + "\n"
+        json.dumps({**result, "rss": samples, "by_process": parts}, indent=1) + "\n"
     )
     print(json.dumps(result))
     return 0 if result["flat"] and result["profile_ok"] else 1
