@@ -8,7 +8,7 @@ import sys
 
 from setuptools import setup
 
-COMPILED = ["ledger/domain.py", "ledger/engine.py", "ledger/journal.py"]
+COMPILED = ["ledger/daily.py", "ledger/domain.py", "ledger/engine.py", "ledger/journal.py"]
 
 
 def ext_modules() -> list:

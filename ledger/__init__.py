@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_COMPILED = ("domain", "engine", "journal")
+_COMPILED = ("daily", "domain", "engine", "journal")
 
 
 def _refuse_stale_builds() -> None:

@@ -19,7 +19,7 @@ from typing import Final
 
 from nacl.signing import SigningKey
 
-from ledger import checkpoint, merkle
+from ledger import checkpoint, daily, merkle
 from ledger.domain import RESULT_PLACEHOLDER, TOMBSTONE_RESULT, Account, Result, Transfer, Wallet
 from ledger.engine import Outcome
 from ledger.entry import (
@@ -166,6 +166,9 @@ class BatchRows:
     attachments: list[tuple[str, tuple[str, ...], tuple]]
     """(table, columns, values) rows other components asked to commit with the outcome"""
     tiles: list[tuple[int, int, bytes]]
+    day_totals: list[tuple]
+    """(account n, CST day, takings, payments, refunds, inflow, outflow, net) to add to
+    ``account_days`` (see ``ledger.daily``)"""
     checkpoint: checkpoint.Checkpoint | None
     """None when the batch added no entry (only replays or rejections): nothing new to sign."""
 
@@ -177,6 +180,7 @@ class BatchRows:
             or self.rejected
             or self.wallets
             or self.attachments
+            or self.day_totals
         )
 
 
@@ -190,7 +194,7 @@ class Journal:
 
     def prepare(self, out: Outcome) -> tuple[BatchRows, merkle.AppendedLeaves]:
         """The batch's rows, and what proves its entries from memory once committed."""
-        rows, leaves = self._entry_rows(out)
+        rows, leaves, days = self._entry_rows(out)
         appended = merkle.AppendedLeaves(self.log.size, self.log.frontier, leaves)
         self.log.append(leaves)
         assert self.log.size == out.first_seq + len(rows), "journal and engine disagree on seq"
@@ -213,15 +217,20 @@ class Journal:
             wallets=[wallet_row(w) for w in out.wallets],
             attachments=_attachments(out),
             tiles=self.log.take_dirty_tiles(),
+            day_totals=daily.rows(days),
             checkpoint=signed,
         ), appended
 
     @staticmethod
-    def _entry_rows(out: Outcome) -> tuple[list[tuple], list[bytes]]:
-        """Canonical bytes, leaf hash and database row of every entry. The hot loop of the
-        journal: transfers first, with no per-row checks beyond what the types guarantee."""
+    def _entry_rows(
+        out: Outcome,
+    ) -> tuple[list[tuple], list[bytes], dict[tuple[int, int], list[int]]]:
+        """Canonical bytes, leaf hash and database row of every entry, and the day totals of
+        the accounts they move. The hot loop of the journal: transfers first, with no per-row
+        checks beyond what the types guarantee."""
         rows: list[tuple] = []
         leaves: list[bytes] = []
+        days: dict[tuple[int, int], list[int]] = {}
         seq = out.first_seq
         pack = BALANCES.pack
         sha = hashlib.sha256
@@ -235,13 +244,15 @@ class Journal:
                     seq, kind, t.id.to_bytes(16, "big"), pending, captured[0], captured[1],  # type: ignore[index]
                     t.flags, body, pack(*captured[2:]),  # type: ignore[index]
                 )  # fmt: skip
+                sides: tuple = captured  # type: ignore[assignment]
+                daily.add_transfer(days, sides[0], sides[1], t.amount, t.code, t.flags, t.timestamp)
             else:
                 row = _other_row(seq, kind, obj, captured)
                 body = row[7]
             rows.append(row)
             leaves.append(sha(b"\x00" + body).digest())
             seq += 1
-        return rows, leaves
+        return rows, leaves, days
 
 
 def _other_row(seq: int, kind: int, obj: object, captured: object) -> tuple:

@@ -7,7 +7,8 @@ arithmetic, so a bug in the engine cannot hide itself. It checks, in one pass ov
   one stored in the Merkle tiles when it was written (so a changed entry is named exactly);
 * balances after each entry equal the replay, and no limit flag was ever broken;
 * every checkpoint's root equals the recomputed tree at its size, and its signature verifies;
-* the stored tiles equal the recomputed ones, and the accounts table equals the replay;
+* the stored tiles equal the recomputed ones, the accounts table equals the replay, and so do
+  each account's day totals (``account_days``, what credit features read);
 * the ledger is zero-sum: total debits == total credits, posted and pending;
 * every debit of a wallet carries a signature that verifies with the wallet's key at the time
   (keys come from the journal's own wallet records), except the waterfall legs the writer makes;
@@ -18,6 +19,7 @@ arithmetic, so a bug in the engine cannot hide itself. It checks, in one pass ov
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import uuid
@@ -27,7 +29,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, text
 
-from ledger import checkpoint, entry, signing
+from ledger import checkpoint, daily, entry, signing
 from ledger.domain import AccountFlags, TransferFlags
 from ledger.engine import RECORD_AUDIT, RECORD_TYPES
 from ledger.journal import BALANCES, TILE_WIDTH, MerkleLog
@@ -49,6 +51,7 @@ class Report:
     checkpoints: int = 0
     accounts: int = 0
     tiles: int = 0
+    account_days: int = 0
     problem: str | None = None
     totals: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     signatures: int = 0
@@ -80,6 +83,7 @@ class _Replay:
         self.pending: dict[int, tuple[int, int, int]] = {}  # id -> (amount, debit id, credit id)
         self.issued = self.redeemed = self.signatures = 0
         self.codes_used: set[int] = set()
+        self.days: dict[tuple[int, int], list[int]] = {}  # (account n, CST day) -> totals
 
     def apply(self, seq: int, e: entry.Entry) -> tuple[_Account | None, _Account | None]:
         if isinstance(e, entry.AccountCreated):
@@ -226,6 +230,7 @@ class _Replay:
             raise Mismatch(f"entry {seq}: debits exceed credits on {_uuid(dr.id)}")
         if cr.flags & _CR_LIMIT and cr.b[2] + cr.b[3] > cr.b[1]:
             raise Mismatch(f"entry {seq}: credits exceed debits on {_uuid(cr.id)}")
+        daily.add_transfer(self.days, dr.n, cr.n, e.amount, e.code, e.flags, e.timestamp)
         return dr, cr
 
     def _account(self, seq: int, account_id: int) -> _Account:
@@ -319,6 +324,34 @@ def _verify(engine: Engine, report: Report, progress: Callable[[int, int], None]
     ]
     _compare_tiles(engine, partial, report, final=True)
     _check_accounts(engine, replay, report)
+    _check_days(engine, replay, report)
+
+
+def _check_days(engine: Engine, replay: _Replay, report: Report) -> None:
+    expected = dict(replay.days)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text(f"SELECT account_n, day, {', '.join(daily.FIELDS)} FROM account_days")
+        )
+        for n, day, *figures in stored:
+            want = expected.pop((n, day), None)
+            if want != figures:
+                a = replay.by_n.get(n)
+                who = _uuid(a.id) if a is not None else f"n={n}"
+                raise Mismatch(
+                    f"account {who}: its totals for day {_date(day)} are {figures} in "
+                    f"account_days, {want or 'nothing'} from the journal"
+                )
+            report.account_days += 1
+    if expected:
+        (n, day), want = next(iter(expected.items()))
+        raise Mismatch(
+            f"account {_uuid(replay.by_n[n].id)}: account_days lacks day {_date(day)} {want}"
+        )
+
+
+def _date(day: int) -> str:
+    return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()
 
 
 def _rows(engine: Engine, sql: str, order: str, where: str = "") -> Iterator[Any]:

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from ledger.daily import FIELDS
 from ledger.domain import Account, AccountFlags, Transfer, TransferFlags
 from ledger.ids import new_id
 from ledger.service import LedgerService
@@ -152,3 +154,45 @@ def test_cli_exit_codes(tmp_path: Path, tamper: bool) -> None:
     else:
         assert run.returncode == 0, run.stderr
         assert run.stdout.startswith("OK 336 entries")
+
+
+def day_totals_by_account(url: str) -> dict[int, list[int]]:
+    """account_days summed over days, by account n (the ledger is built within a second)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(f"SELECT account_n, {', '.join(FIELDS)} FROM account_days"))
+            out: dict[int, list[int]] = {}
+            for n, *figures in rows:
+                summed = out.setdefault(n, [0] * len(FIELDS))
+                for i, v in enumerate(figures):
+                    summed[i] += v
+            return out
+    finally:
+        engine.dispose()
+
+
+def test_day_totals_follow_the_journal(database_url: str, key_file: Path) -> None:
+    build_ledger(database_url, key_file)
+    # takings, payments, refunds, inflow, outflow, net; the pending 500 moves nothing, its post
+    # moves 200; code 1 is not an e-CNY payment, so there are no takings
+    moved = 200 + 330 * 7
+    assert day_totals_by_account(database_url) == {
+        1: [0, 0, 0, 0, 100_000, -100_000],
+        2: [0, 0, 0, 100_000, moved, 100_000 - moved],
+        3: [0, 0, 0, moved, 0, moved],
+    }
+
+
+def test_a_changed_day_total_is_named(database_url: str, key_file: Path) -> None:
+    build_ledger(database_url, key_file)
+    raw_sql(database_url, "UPDATE account_days SET inflow_fen = inflow_fen + 1 WHERE account_n = 3")
+    found = problem(database_url)
+    assert found is not None and found.startswith("account ") and "account_days" in found, found
+
+
+def test_a_missing_day_total_is_named(database_url: str, key_file: Path) -> None:
+    build_ledger(database_url, key_file)
+    raw_sql(database_url, "DELETE FROM account_days WHERE account_n = 2")
+    found = problem(database_url)
+    assert found is not None and "account_days lacks day" in found, found

@@ -19,18 +19,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ledger.credit.features import (
-    DAY_NS,
-    LONGEST_DAYS,
-    Flow,
-    individual_features,
-    merchant_features,
-)
+from ledger.credit.features import DAY_NS, LONGEST_DAYS, PAYER_DAYS, Flow, features
+from ledger.daily import cst_day
 from ledger.domain import AuditRecord, TransferFlags
 from ledger.engine import OP_RECORDS, RECORD_AUDIT
 from ledger.entry import RecordEntry
 from ledger.service import Ledger
 from ledger.store.queries import Reader
+from ledger.wallets import codes
 from ledger.wallets.service import OperatorAccounts
 
 PURPOSE_CREDIT: Final = "credit_assessment"
@@ -262,8 +258,11 @@ class CreditData:
             },
         )
         # nothing older than the consent allows, nor than any feature needs
-        since = now_ns - min(consent.window_days, LONGEST_DAYS) * DAY_NS
-        flows: list[Flow] = []
+        today = cst_day(now_ns)
+        first_day = today - min(consent.window_days, LONGEST_DAYS) + 1
+        payers_since = now_ns - min(consent.window_days, PAYER_DAYS) * DAY_NS
+        days: dict[int, list[int]] = {}
+        takings: list[Flow] = []
         balance, opened = 0, now_ns
         for account_id in consent.accounts:
             account = self.ledger.account(account_id)
@@ -271,18 +270,19 @@ class CreditData:
                 continue
             balance += account.credits_posted - account.debits_posted
             opened = min(opened, account.timestamp)
-            for t in self.reader.transfers_since(account.n, since):
-                if t.flags & _SKIP_FLAGS:
-                    continue
-                incoming = t.credit_account_id == account_id
-                other = t.debit_account_id if incoming else t.credit_account_id
-                if other in consent.accounts:
-                    continue  # moves between the borrower's own wallets are not cash flow
-                flows.append(Flow(t.timestamp, t.amount, incoming, other, t.code))
-        values = {
-            **merchant_features(flows, now_ns, opened, balance),
-            **individual_features(flows, now_ns, balance),
-        }
+            for day, figures in self.reader.days(account.n, first_day).items():
+                if day <= today:
+                    summed = days.setdefault(day, [0] * len(figures))
+                    for i, value in enumerate(figures):
+                        summed[i] += value
+            for t in self.reader.transfers_since(account.n, payers_since):
+                if (
+                    t.credit_account_id == account_id
+                    and t.code == codes.PAYMENT
+                    and not (t.flags & _SKIP_FLAGS or t.debit_account_id in consent.accounts)
+                ):
+                    takings.append(Flow(t.timestamp, t.amount, True, t.debit_account_id, t.code))
+        values = features(days, takings, now_ns, opened, balance)
         return {
             "borrower": str(uuid.UUID(int=borrower)),
             "consent": str(uuid.UUID(int=consent_id)),

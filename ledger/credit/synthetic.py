@@ -124,23 +124,22 @@ def features_table(
     is written."""
     import pandas as pd
 
-    from ledger.credit.features import DAY_NS, Flow, individual_features, merchant_features
+    from ledger.credit.features import DAY_NS, Flow, from_flows
+    from ledger.daily import CST_OFFSET_NS
 
-    now = days * DAY_NS
+    start = -CST_OFFSET_NS  # day 0 begins at midnight, China Standard Time
+    now = start + days * DAY_NS - 1  # the end of the last day
     flows: list[list[Flow]] = [[] for _ in truth]
     for i, s in enumerate(sold):  # sales spread over their day, in order
-        at = s.day * DAY_NS + (i % 1000 + 1) * (DAY_NS // 1002)
+        at = start + s.day * DAY_NS + (i % 1000 + 1) * (DAY_NS // 1002)
         flows[s.merchant].append(Flow(at, s.amount, True, s.customer, codes.PAYMENT))
     for r in refunded or []:  # at the end of their day, after the day's sales
-        at = r.day * DAY_NS + DAY_NS - 1 - r.sale % 1000
+        at = start + r.day * DAY_NS + DAY_NS - 1 - r.sale % 1000
         flows[r.merchant].append(Flow(at, r.amount, False, r.customer, codes.REFUND))
     rows = []
     for merchant, own in zip(truth, flows, strict=True):
         balance = sum(f.amount if f.incoming else -f.amount for f in own)
-        row: dict[str, object] = {
-            **merchant_features(own, now, 0, balance),
-            **individual_features(own, now, balance),
-        }
+        row: dict[str, object] = {**from_flows(own, now, 0, balance)}
         row["defaulted"] = "yes" if merchant.defaulted else "no"
         rows.append(row)
     return pd.DataFrame(rows)

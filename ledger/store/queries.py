@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, text
 
-from ledger import checkpoint, entry, merkle
+from ledger import checkpoint, daily, entry, merkle
 from ledger.domain import PendingState, Result
 from ledger.journal import BALANCES, TILE_WIDTH, id_bytes, tile_node_reader
 from ledger.store.writer import last_checkpoint
@@ -91,6 +91,17 @@ class Reader:
             return list(conn.execute(text(sql), params))
 
     # -- accounts ---------------------------------------------------------------------------------
+
+    def days(self, account_n: int, first_day: int) -> dict[int, tuple[int, ...]]:
+        """An account's totals per CST day from ``first_day`` on (``ledger.daily.FIELDS``):
+        one indexed read of at most a row a day, whatever the account's traffic."""
+        rows = self._all(
+            f"SELECT day, {', '.join(daily.FIELDS)} FROM account_days "
+            "WHERE account_n = :n AND day >= :d",
+            n=account_n,
+            d=first_day,
+        )
+        return {row[0]: tuple(row[1:]) for row in rows}
 
     def account(self, account_id: int) -> AccountView | None:
         row = self._one("SELECT * FROM accounts WHERE id = :id", id=id_bytes(account_id))

@@ -2,8 +2,9 @@
 
 Journal tables (``journal_entries``, ``checkpoints``, ``rejected_transfers``) are append-only:
 database triggers refuse UPDATE and DELETE. ``accounts`` holds the writer's balances as of the
-last committed batch; ``merkle_tiles`` is an index of complete-subtree hashes. Both are derived
-from the journal and checked against it by ``ledger verify``.
+last committed batch; ``merkle_tiles`` is an index of complete-subtree hashes; ``account_days``
+holds each account's flows per day. All three are derived from the journal and checked against
+it by ``ledger verify``.
 
 Ids are 16 big-endian bytes. Accounts also get a compact integer ``n`` (creation order), which is
 what the journal's history indexes hold: integer keys keep those indexes small and fast.
@@ -108,6 +109,21 @@ class MerkleTileRow(SQLModel, table=True):
     level: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     hashes: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AccountDayRow(SQLModel, table=True):
+    """An account's flows on one China Standard Time day (see ``ledger.daily``): derived from
+    the journal in each batch's transaction, checked against it by ``ledger verify``."""
+
+    __tablename__ = "account_days"
+    account_n: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    day: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    takings_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    payments: int = Field(sa_column=Column(BigInteger, nullable=False))
+    refunds_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    inflow_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    outflow_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    net_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class ApiKeyRow(SQLModel, table=True):

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from ledger import checkpoint, entry
+from ledger import checkpoint, daily, entry
 from ledger.domain import Account, LimitSet, PendingState, Result, Transfer, TransferFlags, Wallet
 from ledger.engine import RECORD_TYPES
 from ledger.journal import BatchRows, id_bytes
@@ -182,6 +182,12 @@ class Store:
             "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes"
         )
         self._insert_checkpoint = f"INSERT INTO checkpoints VALUES ({p}, {p}, {p}, {p})"
+        adds = ", ".join(f"{c} = account_days.{c} + excluded.{c}" for c in daily.FIELDS)
+        self._add_day = (
+            f"INSERT INTO account_days (account_n, day, {', '.join(daily.FIELDS)}) "
+            f"VALUES ({', '.join([p] * (2 + len(daily.FIELDS)))}) "
+            f"ON CONFLICT (account_n, day) DO UPDATE SET {adds}"
+        )
 
     def close(self) -> None:
         for conn in (self._write, self._read):
@@ -263,6 +269,8 @@ class Store:
             cur.executemany(self._upsert_tile, rows.tiles)
         if rows.wallets:
             cur.executemany(self._upsert_wallet, rows.wallets)
+        if rows.day_totals:
+            cur.executemany(self._add_day, rows.day_totals)
         groups: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
         for table, columns, values in rows.attachments:
             groups.setdefault((table, columns), []).append(values)
