@@ -142,8 +142,11 @@ class ServeProcess:
     Its signing key, first central-bank key and logs (one file per start) live in ``tmp_dir``,
     so a restart uses the same database and the same key."""
 
-    def __init__(self, url: str, tmp_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, url: str, tmp_dir: Path, port: int | None = None, workers: int | None = None
+    ) -> None:
         self.url, self.tmp = url, tmp_dir
+        self.workers = workers  # None: ledger serve's default
         self.port = port if port is not None else free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.admin_file = tmp_dir / "admin.key"
@@ -156,6 +159,7 @@ class ServeProcess:
             sys.executable, "-m", "ledger.cli", "serve", "--database", self.url,
             "--key-file", str(self.key_file), "--port", str(self.port),
             "--admin-key-file", str(self.admin_file),
+            *(["--workers", str(self.workers)] if self.workers else []),
         ]  # fmt: skip
 
     def start(self, timeout_s: float = SERVE_TIMEOUT_S) -> None:
@@ -215,8 +219,8 @@ class ServeProcess:
 
 
 @contextmanager
-def serving(url: str, tmp_dir: Path) -> Iterator[ServeProcess]:
-    server = ServeProcess(url, tmp_dir)
+def serving(url: str, tmp_dir: Path, workers: int | None = None) -> Iterator[ServeProcess]:
+    server = ServeProcess(url, tmp_dir, workers=workers)
     server.start()
     try:
         yield server

@@ -31,12 +31,13 @@ answers alone would trust the script's text matching. ``requests/s`` is wrk's co
 requests over the same duration; p50 and p99 are wrk's per-request latencies (for batches, of
 the whole request).
 
-**Server set-up.** Both servers run exactly as ``ledger serve`` runs the ledger
-(``uvicorn.run(app, host, port, log_level="warning")``): one process, ``loop`` and ``http`` on
-``auto`` (uvloop and httptools, which are installed). One worker is not a tuning choice for the
-ledger: it is one writer per ledger (the sequencer and its writer lock live in the serving
-process), so more uvicorn workers would be more ledgers. The trivial app gets the same set-up
-so that the ratio compares like with like.
+**Server set-up.** The ledger runs as ``ledger serve`` runs it: the writer process and
+``--serve-workers`` HTTP worker processes (default: as many as ``ledger serve`` starts here,
+one per core), uvicorn with ``loop`` and ``http`` on ``auto`` (uvloop and httptools). The
+trivial app is measured twice: as one uvicorn process (the framework's ceiling per process,
+the figure the issue quotes) and with as many uvicorn workers as the ledger has HTTP workers
+(the ceiling of the same number of processes). Both ratios are reported; ``ratio`` is to the
+first, ``ratio_same_workers`` to the second.
 
 **The machine.** wrk (2 threads) runs on the same 2 cores as the server (and, for the ledger,
 its committer process and the database): the figures include the generator's share of the
@@ -72,6 +73,7 @@ from typing import Any, Final, Literal
 import httpx
 
 from ledger.crash import ServeProcess, free_port, serving
+from ledger.server import WORKERS_DEFAULT
 
 DEFAULT_POSTGRES: Final = os.environ.get(
     "LEDGER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -241,14 +243,16 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def trivial_server(workdir: Path) -> Iterator[str]:
-    """``loadtests.trivial_app`` under uvicorn on a free port; yields its base URL."""
+def trivial_server(workdir: Path, workers: int = 1) -> Iterator[str]:
+    """``loadtests.trivial_app`` under uvicorn (``workers`` processes) on a free port; yields
+    its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = workdir / "trivial.log"
+    log = workdir / f"trivial-{workers}.log"
+    command = [sys.executable, "-m", "loadtests.trivial_app", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.trivial_app", "--port", str(port)],
+            [*command, "--workers", str(workers)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -480,7 +484,7 @@ Say = Callable[[str], None]
 
 
 def _measure_trivial(
-    workdir: Path, duration_s: int, connections: int, runs: int, say: Say
+    workdir: Path, duration_s: int, connections: int, runs: int, workers: int, say: Say
 ) -> list[Measurement]:
     from nacl.signing import SigningKey
 
@@ -491,13 +495,18 @@ def _measure_trivial(
     body = _sign_range((one.payers, one.payees, 0, 1, PAYMENT_FEN, expires))
     write_bodies(prefix, body * WRK_THREADS)
     out = []
-    with trivial_server(workdir) as base:
+    target = trivial_target(workers)
+    with trivial_server(workdir, workers) as base:
         for run in range(runs):
-            say(f"trivial: run {run + 1}/{runs}, {connections} connections, {duration_s} s")
+            say(f"{target}: run {run + 1}/{runs}, {connections} connections, {duration_s} s")
             result = run_wrk(f"{base}/v1/payments", prefix, "trivial", connections, duration_s)
-            out.append(Measurement("trivial", "trivial", None, 1, connections, 1, result, None))
+            out.append(Measurement(target, "trivial", None, 1, connections, 1, result, None))
             say(f"  {result.requests_per_s:,.0f} req/s, p99 {result.p99_ms:.1f} ms")
     return out
+
+
+def trivial_target(workers: int) -> str:
+    return "trivial" if workers == 1 else f"trivial, {workers} workers"
 
 
 def _measure_payments(
@@ -565,11 +574,12 @@ def _measure_ledger(
     runs: int,
     trivial_rps: float,
     priors: dict[int, float],
+    serve_workers: int,
     say: Say,
 ) -> list[Measurement]:
     out: list[Measurement] = []
     workdir.mkdir(parents=True, exist_ok=True)
-    with serving(url, workdir) as server:
+    with serving(url, workdir, workers=serve_workers) as server:
         started = time.monotonic()
         seeded = seed_ledger(server.base, server.admin_file.read_text().strip())
         say(
@@ -611,14 +621,19 @@ def _median_rows(measurements: list[Measurement]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise(measurements: list[Measurement]) -> dict[str, Any]:
-    """Median rows, each with its ratio to the trivial endpoint and its target verdict."""
+def summarise(measurements: list[Measurement], serve_workers: int = 1) -> dict[str, Any]:
+    """Median rows, each with its ratios to the trivial endpoint (one process, and as many
+    processes as the ledger's HTTP workers) and its target verdict."""
     rows = _median_rows(measurements)
-    trivial = next((r for r in rows if r["kind"] == "trivial"), None)
-    ceiling = trivial["requests_per_s"] if trivial else None
+    by_target = {r["target"]: r for r in rows}
+    one = by_target.get(trivial_target(1))
+    same = by_target.get(trivial_target(serve_workers))
+    ceiling = one["requests_per_s"] if one else None
+    ceiling_same = same["requests_per_s"] if same else None
     for row in rows:
         rate = row["requests_per_s"] if row["kind"] == "trivial" else row["payments_per_s"]
         row["ratio_to_trivial"] = round(rate / ceiling, 3) if ceiling else None
+        row["ratio_same_workers"] = round(rate / ceiling_same, 3) if ceiling_same else None
         if row["kind"] == "single":
             row["goal"] = f"≥ {TARGET_SINGLE_RATIO:.0%} of trivial, p99 ≤ {TARGET_P99_MS:.0f} ms"
             row["meets_goal"] = bool(
@@ -635,7 +650,7 @@ def summarise(measurements: list[Measurement]) -> dict[str, Any]:
     return {"targets": rows}
 
 
-def server_setup() -> dict[str, Any]:
+def server_setup(serve_workers: int) -> dict[str, Any]:
     """What uvicorn's ``auto`` loop and http resolve to here, and the rest of the set-up."""
     import importlib.util
 
@@ -644,29 +659,31 @@ def server_setup() -> dict[str, Any]:
     have = importlib.util.find_spec
     return {
         "uvicorn": uvicorn.__version__,
-        "workers": 1,
+        "workers": serve_workers,
         "loop": "uvloop" if have("uvloop") else "asyncio",
         "http": "httptools" if have("httptools") else "h11",
         "log_level": "warning",
-        "why": "as `ledger serve` runs: one process is one ledger writer (sequencer and writer "
-        "lock in the serving process), so more workers would be more ledgers; the trivial app "
-        "gets the same set-up so the ratio compares like with like",
+        "why": "as `ledger serve` runs: one writer process (sequencer, engine, journal; a "
+        "committer process writes the database) and HTTP worker processes that parse, "
+        "validate and verify signatures and hand the writer what passed over a Unix socket; "
+        "the trivial app is measured with one process and with as many as the ledger's workers",
     }
 
 
 def format_table(summary: dict[str, Any]) -> str:
     head = (
         f"{'target':<22} {'conns':>5} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'payments/s':>11} {'ratio':>6}  goal"
+        f"{'payments/s':>11} {'ratio':>6} {'same-w':>6}  goal"
     )
     lines = [head, "-" * len(head)]
     for r in summary["targets"]:
         pay = "-" if r["payments_per_s"] is None else f"{r['payments_per_s']:,.0f}"
         ratio = "-" if r["ratio_to_trivial"] is None else f"{r['ratio_to_trivial']:.2f}"
+        same = "-" if r["ratio_same_workers"] is None else f"{r['ratio_same_workers']:.2f}"
         verdict = {True: "met", False: "NOT met", None: ""}[r["meets_goal"]]
         lines.append(
             f"{r['target']:<22} {r['connections']:>5} {r['requests_per_s']:>11,.0f} "
-            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {pay:>11} {ratio:>6}  "
+            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {pay:>11} {ratio:>6} {same:>6}  "
             f"{r['goal']} {verdict}".rstrip()
         )
     return "\n".join(lines)
@@ -679,27 +696,31 @@ def run(
     postgres: str | None = DEFAULT_POSTGRES,
     runs: int = 1,
     say: Say = print,
+    serve_workers: int = WORKERS_DEFAULT,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-able report."""
     wrk_path()
     measurements: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
         workdir = Path(tmp)
-        measurements += _measure_trivial(workdir, duration_s, connections, runs, say)
-        ceiling = statistics.median(m.wrk.requests_per_s for m in measurements)
+        for workers in sorted({1, serve_workers}):
+            measurements += _measure_trivial(workdir, duration_s, connections, runs, workers, say)
+        ceiling = statistics.median(
+            m.wrk.requests_per_s for m in measurements if m.target == trivial_target(1)
+        )
         sqlite_url = f"sqlite:///{workdir / 'sqlite' / 'ledger.db'}"
         measurements += _measure_ledger(
             "sqlite", sqlite_url, workdir / "sqlite", duration_s, connections,
-            batch_connections, runs, ceiling, {}, say,
+            batch_connections, runs, ceiling, {}, serve_workers, say,
         )  # fmt: skip
         priors = {m.batch_size: m.payments_per_s for m in measurements if m.kind != "trivial"}
         if postgres:
             with postgres_database(postgres) as url:
                 measurements += _measure_ledger(
                     "postgres", url, workdir / "postgres", duration_s, connections,
-                    batch_connections, runs, ceiling, priors, say,
+                    batch_connections, runs, ceiling, priors, serve_workers, say,
                 )  # fmt: skip
-    report = summarise(measurements)
+    report = summarise(measurements, serve_workers)
     report.update(
         {
             "duration_s": duration_s,
@@ -709,7 +730,7 @@ def run(
             "machine": {"cpus": os.cpu_count(),
                         "note": "wrk shares the machine (same cores) with the servers and "
                         "the database; figures include its share of the CPU"},
-            "server": server_setup(),
+            "server": server_setup(serve_workers),
             "published_figure": "accepted payments/s = min(ok answers, committed entries) "
             "/ wrk duration",
             "measurements": [m.row() for m in measurements],
@@ -730,9 +751,15 @@ def main(argv: list[str] | None = None) -> None:
         "--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL server URL; '' to skip"
     )
     parser.add_argument("--runs", type=int, default=1, help="runs per target; medians reported")
+    parser.add_argument(
+        "--serve-workers", type=int, default=WORKERS_DEFAULT,
+        help=f"ledger serve's HTTP workers (default {WORKERS_DEFAULT}, as ledger serve here)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.runs < 1 or args.connections < 1 or args.batch_connections < 1:
+    if min(args.duration, args.runs, args.connections, args.batch_connections) < 1:
         parser.error("--duration, --runs and the connection counts must be at least 1")
+    if args.serve_workers < 1:
+        parser.error("--serve-workers must be at least 1")
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -740,7 +767,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         report = run(
             args.duration, args.connections, args.batch_connections, args.postgres or None,
-            args.runs, say,
+            args.runs, say, args.serve_workers,
         )  # fmt: skip
     except BenchError as exc:
         sys.exit(f"http_bench: {exc}")
@@ -752,9 +779,11 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nmedians of {args.runs} run(s) of {args.duration} s; wrk {WRK_THREADS} threads on the "
         f"same {os.cpu_count()} cores as the servers and the database (its CPU share is in the "
-        f"figures). Servers: uvicorn {setup['uvicorn']}, {setup['workers']} worker, "
-        f"{setup['loop']} + {setup['http']}. payments/s = accepted payments (ok answers, "
-        "capped by the tree's growth) per second; ratio = payments/s over trivial requests/s."
+        f"figures). ledger serve: the writer and {setup['workers']} HTTP workers; uvicorn "
+        f"{setup['uvicorn']}, {setup['loop']} + {setup['http']}. payments/s = accepted payments "
+        "(ok answers, capped by the tree's growth) per second; ratio = payments/s over the "
+        "trivial endpoint's requests/s with one process; same-w = with as many processes as "
+        "the ledger's HTTP workers."
     )
 
 

@@ -7,10 +7,11 @@ same. It then answers a small JSON object: no signature check, no queue, no jour
 database. Whatever a signed, journaled, committed payment costs beyond this endpoint is the
 ledger's own work; ``loadtests.http_bench`` measures both in one run and reports the ratio.
 
-It runs under uvicorn with the settings ``ledger serve`` uses (one process, ``loop`` and
-``http`` left at ``auto``, i.e. uvloop and httptools as installed, ``log_level="warning"``)::
+It runs under uvicorn with the settings ``ledger serve``'s HTTP workers use (``loop`` and
+``http`` left at ``auto``, i.e. uvloop and httptools as installed, ``log_level="warning"``), in
+one process or in ``--workers`` processes::
 
-    python -m loadtests.trivial_app --port 8001
+    python -m loadtests.trivial_app --port 8001 [--workers 2]
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    target = app if args.workers == 1 else "loadtests.trivial_app:app"  # workers import it
+    uvicorn.run(target, host=args.host, port=args.port, log_level="warning", workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -88,21 +88,24 @@ def test_summarise_medians_ratio_and_goals() -> None:
         _measurement("trivial", "trivial", 8000, 80000),
         _measurement("trivial", "trivial", 9000, 90000),
         _measurement("trivial", "trivial", 10000, 100000),
+        _measurement("trivial, 2 workers", "trivial", 12500, 125000),
         # the accepted count is capped by the tree's growth: 60,000 ok but 50,000 committed
         _measurement("sqlite single", "single", 6000, 60000, committed=50000),
         _measurement("sqlite batch 100", "batch", 250, 250000, batch_size=100, p99_ms=300.0),
     ]
-    rows = {r["target"]: r for r in hb.summarise(runs)["targets"]}
+    rows = {r["target"]: r for r in hb.summarise(runs, serve_workers=2)["targets"]}
     trivial = rows["trivial"]
     assert trivial["requests_per_s"] == 9000 and trivial["runs"] == 3
     assert trivial["ratio_to_trivial"] == 1.0 and trivial["meets_goal"] is None
     single = rows["sqlite single"]
     assert single["accepted"] == 50000 and single["payments_per_s"] == 5000
     assert single["ratio_to_trivial"] == pytest.approx(5000 / 9000, abs=1e-3)
+    assert single["ratio_same_workers"] == pytest.approx(5000 / 12500, abs=1e-3)
+    assert rows["trivial, 2 workers"]["ratio_to_trivial"] == pytest.approx(12500 / 9000, abs=1e-3)
     assert single["meets_goal"] is False  # 0.56 < 0.6
     batch = rows["sqlite batch 100"]
     assert batch["payments_per_s"] == 25000 and batch["meets_goal"] is True
-    table = hb.format_table(hb.summarise(runs))
+    table = hb.format_table(hb.summarise(runs, serve_workers=2))
     assert "sqlite batch 100" in table and "NOT met" in table
 
 
@@ -123,12 +126,13 @@ def test_the_trivial_app_parses_what_the_ledger_parses(tmp_path: Path) -> None:
                        ["0190f0a2-7c1e-7b3a-9d2e-000000000002"])  # fmt: skip
     body = json.loads(hb.sign_payments(seeded, 1)[0])
     SignedPaymentIn.model_validate(body)  # the ledger's own model takes it
-    with hb.trivial_server(tmp_path) as base:
-        answer = httpx.post(f"{base}/v1/payments", json=body, timeout=10)
-        assert answer.status_code == 200, answer.text
-        assert answer.json() == {"id": body["id"], "result": "ok", "replayed": False}
-        refused = httpx.post(f"{base}/v1/payments", json={**body, "amount": 1.0}, timeout=10)
-        assert refused.status_code == 422
+    for workers in (1, 2):
+        with hb.trivial_server(tmp_path, workers) as base:
+            answer = httpx.post(f"{base}/v1/payments", json=body, timeout=10)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"id": body["id"], "result": "ok", "replayed": False}
+            refused = httpx.post(f"{base}/v1/payments", json={**body, "amount": 1.0}, timeout=10)
+            assert refused.status_code == 422
 
 
 @pytest.fixture
