@@ -231,6 +231,7 @@ class Journal:
         rows: list[tuple] = []
         leaves: list[bytes] = []
         days: dict[tuple[int, int], list[int]] = {}
+        touched = out.touched  # by account n: every account a transfer of the batch moved
         seq = out.first_seq
         pack = BALANCES.pack
         sha = hashlib.sha256
@@ -245,7 +246,12 @@ class Journal:
                     t.flags, body, pack(*captured[2:]),  # type: ignore[index]
                 )  # fmt: skip
                 sides: tuple = captured  # type: ignore[assignment]
-                daily.add_transfer(days, sides[0], sides[1], t.amount, t.code, t.flags, t.timestamp)
+                dr, cr = touched.get(sides[0]), touched.get(sides[1])
+                daily.add_transfer(
+                    days, sides[0], sides[1], t.amount, t.code, t.flags, t.timestamp,
+                    dr is not None and daily.tracked(dr.code),
+                    cr is not None and daily.tracked(cr.code),
+                )  # fmt: skip
             else:
                 row = _other_row(seq, kind, obj, captured)
                 body = row[7]

@@ -230,7 +230,10 @@ class _Replay:
             raise Mismatch(f"entry {seq}: debits exceed credits on {_uuid(dr.id)}")
         if cr.flags & _CR_LIMIT and cr.b[2] + cr.b[3] > cr.b[1]:
             raise Mismatch(f"entry {seq}: credits exceed debits on {_uuid(cr.id)}")
-        daily.add_transfer(self.days, dr.n, cr.n, e.amount, e.code, e.flags, e.timestamp)
+        daily.add_transfer(
+            self.days, dr.n, cr.n, e.amount, e.code, e.flags, e.timestamp,
+            daily.tracked(dr.code), daily.tracked(cr.code),
+        )  # fmt: skip
         return dr, cr
 
     def _account(self, seq: int, account_id: int) -> _Account:

@@ -16,7 +16,7 @@ from ledger.store.schema import SQLModel
 from ledger.verify import verify
 from merchant_api import app as merchant_app
 from merchant_api import models as _merchant_models  # noqa: F401  (their tables join the metadata)
-from tests.test_verify import build_ledger, day_totals_by_account
+from tests.test_verify import build_wallet_ledger, day_totals_by_account
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -42,7 +42,7 @@ def test_account_days_are_filled_from_an_older_ledgers_journal(
 ) -> None:
     """A ledger made before ``account_days`` (revision 0003) gets its day totals from the
     journal when it migrates: the same rows the writer made, and ``ledger verify`` passes."""
-    build_ledger(database_url, key_file)
+    build_wallet_ledger(database_url, key_file)
     made = day_totals_by_account(database_url)
     engine = make_engine(database_url)
     try:

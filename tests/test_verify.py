@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 from sqlalchemy import text
 
+from ledger import signing
 from ledger.daily import FIELDS
 from ledger.domain import Account, AccountFlags, Transfer, TransferFlags
 from ledger.ids import new_id
 from ledger.service import LedgerService
 from ledger.store.database import is_sqlite, make_engine
 from ledger.verify import verify
+from ledger.wallets import codes
+from ledger.wallets.kyc import KycStore
+from ledger.wallets.service import Wallets
 from tests.test_service import raw_sql
 
 CNY = 156
@@ -172,27 +178,64 @@ def day_totals_by_account(url: str) -> dict[int, list[int]]:
         engine.dispose()
 
 
-def test_day_totals_follow_the_journal(database_url: str, key_file: Path) -> None:
-    build_ledger(database_url, key_file)
-    # takings, payments, refunds, inflow, outflow, net; the pending 500 moves nothing, its post
-    # moves 200; code 1 is not an e-CNY payment, so there are no takings
-    moved = 200 + 330 * 7
+def build_wallet_ledger(url: str, key_file: Path) -> tuple[int, int]:
+    """An operator, a shopper topped up from the bank with 10,000 fen who pays a shop 3,000,
+    and is refunded 500. Returns the two wallets' account numbers."""
+    with LedgerService.open(url, key_file, "test.example/ledger") as ledger:
+        wallets = Wallets(ledger, KycStore(ledger.db, b"k" * 32))
+        try:
+            assert wallets.onboard_operator("op").result().codes == [0, 0, 0]
+            wallets.deposit_reserves(new_id(), "op", 10**9).result()
+            wallets.issue(new_id(), "op", 10**8).result()
+            bank = new_id()
+            wallets.open_bank_account("op", bank, "shopper").result()
+            wallets.cash_deposit("op", new_id(), bank, 10**6).result()
+            keys, ids = [SigningKey.generate(), SigningKey.generate()], [new_id(), new_id()]
+            opened = wallets.open_wallets("op", [
+                wallets.wallet_to_open(
+                    "op", w, kind=kind, klass=4, public_key=bytes(k.verify_key),
+                    kyc={"phone": "1"}, linked_bank=bank if kind == "personal" else 0,
+                )
+                for w, k, kind in zip(ids, keys, ("personal", "merchant"), strict=True)
+            ])  # fmt: skip
+            assert opened.result().codes == [0, 0]
+            assert wallets.top_up("op", new_id(), ids[0], 10_000).result().codes == [0, 0]
+            expires = time.time_ns() // 1_000_000 + 60_000
+            for payer, payee, amount, kind in ((0, 1, 3_000, "payment"), (1, 0, 500, "refund")):
+                tid = new_id()
+                auth = signing.sign_payment(
+                    keys[payer], 1, tid, ids[payer], ids[payee], amount, "CNY", expires
+                )
+                t = Transfer(tid, ids[payer], ids[payee], amount, CNY,
+                             codes.PAYMENT if kind == "payment" else codes.REFUND,
+                             authorization=auth.encode())  # fmt: skip
+                assert ledger.create_transfers([t]).codes == [0]
+        finally:
+            wallets.close()
+        accounts = [ledger.account(w) for w in ids]
+        return accounts[0].n, accounts[1].n  # type: ignore[union-attr]
+
+
+def test_day_totals_are_kept_for_wallets(database_url: str, key_file: Path) -> None:
+    shopper, shop = build_wallet_ledger(database_url, key_file)
+    # takings, payments, refunds, inflow, outflow, net; the operator's float and the bank
+    # accounts are not wallets and keep none
     assert day_totals_by_account(database_url) == {
-        1: [0, 0, 0, 0, 100_000, -100_000],
-        2: [0, 0, 0, 100_000, moved, 100_000 - moved],
-        3: [0, 0, 0, moved, 0, moved],
+        shopper: [0, 0, 0, 10_000 + 500, 3_000, 10_000 - 3_000 + 500],
+        shop: [3_000, 1, 500, 3_000, 500, 3_000 - 500],
     }
+    assert problem(database_url) is None
 
 
 def test_a_changed_day_total_is_named(database_url: str, key_file: Path) -> None:
-    build_ledger(database_url, key_file)
-    raw_sql(database_url, "UPDATE account_days SET inflow_fen = inflow_fen + 1 WHERE account_n = 3")
+    shopper, _ = build_wallet_ledger(database_url, key_file)
+    raw_sql(database_url, f"UPDATE account_days SET inflow_fen = 1 WHERE account_n = {shopper}")
     found = problem(database_url)
     assert found is not None and found.startswith("account ") and "account_days" in found, found
 
 
 def test_a_missing_day_total_is_named(database_url: str, key_file: Path) -> None:
-    build_ledger(database_url, key_file)
-    raw_sql(database_url, "DELETE FROM account_days WHERE account_n = 2")
+    _, shop = build_wallet_ledger(database_url, key_file)
+    raw_sql(database_url, f"DELETE FROM account_days WHERE account_n = {shop}")
     found = problem(database_url)
     assert found is not None and "account_days lacks day" in found, found

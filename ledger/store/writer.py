@@ -183,9 +183,15 @@ class Store:
         )
         self._insert_checkpoint = f"INSERT INTO checkpoints VALUES ({p}, {p}, {p}, {p})"
         adds = ", ".join(f"{c} = account_days.{c} + excluded.{c}" for c in daily.FIELDS)
+        day_columns = f"account_n, day, {', '.join(daily.FIELDS)}"
         self._add_day = (
-            f"INSERT INTO account_days (account_n, day, {', '.join(daily.FIELDS)}) "
+            f"INSERT INTO account_days ({day_columns}) "
             f"VALUES ({', '.join([p] * (2 + len(daily.FIELDS)))}) "
+            f"ON CONFLICT (account_n, day) DO UPDATE SET {adds}"
+        )
+        arrays = ", ".join(["%s::int8[]", "%s::int4[]"] + ["%s::int8[]"] * len(daily.FIELDS))
+        self._add_days_pg = (
+            f"INSERT INTO account_days ({day_columns}) SELECT * FROM unnest({arrays}) "
             f"ON CONFLICT (account_n, day) DO UPDATE SET {adds}"
         )
 
@@ -270,7 +276,11 @@ class Store:
         if rows.wallets:
             cur.executemany(self._upsert_wallet, rows.wallets)
         if rows.day_totals:
-            cur.executemany(self._add_day, rows.day_totals)
+            if self.sqlite:
+                cur.executemany(self._add_day, rows.day_totals)
+            else:  # one statement for the batch (its (account, day) pairs are distinct)
+                arrays = [list(c) for c in zip(*rows.day_totals, strict=True)]
+                cur.execute(self._add_days_pg, arrays)
         groups: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
         for table, columns, values in rows.attachments:
             groups.setdefault((table, columns), []).append(values)

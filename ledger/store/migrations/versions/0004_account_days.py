@@ -39,15 +39,20 @@ def _fill_from_the_journal() -> None:
     while True:
         page = conn.execute(
             sa.text(
-                "SELECT seq, debit_n, credit_n, body FROM journal_entries "
-                "WHERE kind = :kind AND seq > :after ORDER BY seq LIMIT :page"
+                "SELECT j.seq, j.debit_n, j.credit_n, j.body, d.code, c.code "
+                "FROM journal_entries j JOIN accounts d ON d.n = j.debit_n "
+                "JOIN accounts c ON c.n = j.credit_n "
+                "WHERE j.kind = :kind AND j.seq > :after ORDER BY j.seq LIMIT :page"
             ),
             {"kind": entry.KIND_TRANSFER, "after": after, "page": PAGE},
         ).all()
-        for seq, debit_n, credit_n, body in page:
+        for seq, debit_n, credit_n, body, debit_code, credit_code in page:
             t = entry.decode(bytes(body))
             assert isinstance(t, entry.TransferEntry)
-            daily.add_transfer(totals, debit_n, credit_n, t.amount, t.code, t.flags, t.timestamp)
+            daily.add_transfer(
+                totals, debit_n, credit_n, t.amount, t.code, t.flags, t.timestamp,
+                daily.tracked(debit_code), daily.tracked(credit_code),
+            )  # fmt: skip
             after = seq
         if len(page) < PAGE:
             break
