@@ -90,7 +90,7 @@ def serve(
         assert ledger is not None
         err.print(
             f"ledger {ledger.origin} on {settings.database_url}, "
-            f"{ledger.committed_size()} entries; {count} HTTP workers on "
+            f"{ledger.committed_size()} entries; HTTP workers: {count}; "
             f"http://{settings.host}:{settings.port}/docs",
             soft_wrap=True,
         )

@@ -136,6 +136,10 @@ def _wait_gone(pids: list[int], timeout_s: float) -> bool:
     return True
 
 
+READY_MARK: Final = "; HTTP workers: "
+"""What ``ledger serve`` prints once the writer and all its HTTP workers are up."""
+
+
 class ServeProcess:
     """A real ``ledger serve`` (``python -m ledger.cli serve``) on ``url``, in a subprocess.
 
@@ -163,7 +167,8 @@ class ServeProcess:
         ]  # fmt: skip
 
     def start(self, timeout_s: float = SERVE_TIMEOUT_S) -> None:
-        """Start and wait until /healthz answers 200; ``ServeError`` if it exits or times out."""
+        """Start and wait until /healthz answers 200 and every HTTP worker has started (the
+        server says so: ``READY_MARK``); ``ServeError`` if it exits or times out."""
         self.log_path = self.tmp / f"serve-{time.monotonic_ns()}.log"
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
@@ -174,10 +179,11 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise ServeError(f"ledger serve exited ({self.proc.returncode}):\n{self.log()}")
             try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
+                healthy = httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
+                healthy = False
+            if healthy and READY_MARK in self.log():
+                return
             time.sleep(0.1)
         self.proc.kill()
         self.proc.wait(10)

@@ -1,5 +1,5 @@
-"""Each account's flows per China Standard Time day, kept as transfers land: the
-``account_days`` table, which credit features read instead of an account's history.
+"""Each wallet's flows per China Standard Time day, kept as transfers land: the
+``account_days`` table, which credit features read instead of a wallet's history.
 
 For every accepted transfer that moves money (not a pending hold, nor a void), the journal adds
 to the (account, day) totals of each side that is a wallet (``WALLET_ACCOUNTS``: only wallets

@@ -78,7 +78,7 @@ def test_a_worker_that_dies_is_replaced(two_workers: ServeProcess) -> None:
         now = workers_of(two_workers)
         if len(now) == 2 and first[0] not in now:
             break
-        assert time.monotonic() < deadline, f"no new worker: {now}"
+        assert time.monotonic() < deadline, f"no new worker: {now}\n{two_workers.log()}"
         time.sleep(0.1)
     for _ in range(10):
         with httpx.Client(base_url=two_workers.base, timeout=30) as http:
