@@ -52,6 +52,10 @@ class Checkpoint:
     timestamp: int
     signature: bytes
 
+    def __reduce__(self) -> tuple[type[Checkpoint], tuple[str, int, bytes, int, bytes]]:
+        # a slotted dataclass pickles through fields() each time; receipts cross the link a lot
+        return Checkpoint, (self.origin, self.size, self.root, self.timestamp, self.signature)
+
     def note(self, public_key: bytes) -> str:
         """The checkpoint as a signed note (text a transparency-log client can read)."""
         sig = base64.b64encode(key_id(self.origin, public_key) + self.signature).decode()

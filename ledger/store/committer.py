@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import socket
 import subprocess
 import sys
@@ -90,7 +91,8 @@ class Committer:
         if self._conn is None:
             raise CommitFailed("the committer is not running")
         try:
-            self._conn.send(rows)
+            # plain pickle: multiprocessing's own pickler copies its dispatch table per message
+            self._conn.send_bytes(pickle.dumps(rows, pickle.HIGHEST_PROTOCOL))
             error = self._conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
             raise CommitFailed(f"the committer process died: {exc!r}") from None
