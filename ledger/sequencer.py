@@ -48,11 +48,13 @@ QUEUE_MAX_EVENTS: Final = 8 * BATCH_MAX
 """Events waiting for the writer before new requests are refused with 503."""
 PIPELINE_DEPTH: Final = 2
 """Batches prepared ahead of the one committing."""
-PREPARE_AHEAD_EVENTS: Final = BATCH_MAX // 8
+PREPARE_AHEAD_EVENTS: Final = 64
 """Group commit: while a batch commits, the next one is prepared only once this many events
 wait; otherwise the queue keeps filling until the commit is done. Taking each request the
 moment it arrives would pay a batch's fixed costs (checkpoint signature, round trip to the
-committer, a database transaction) for one or two payments."""
+committer, a database transaction) for one or two payments; waiting for more than a few dozen
+leaves the writer idle while the committer works (128 connections of single payments over
+HTTP: 64 gave about 5 % more payments/s than 1,023, in 6 of 6 alternating runs)."""
 TRANSFER_CACHE_KEEP: Final = 128 * 1024
 """Recent transfers kept in memory (must cover every batch still in flight)."""
 IDLE_WAKE_S: Final = 0.5
