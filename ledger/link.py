@@ -41,7 +41,7 @@ import pickle
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -575,13 +575,18 @@ class _LoopLink(asyncio.Protocol):
         out, self._out = self._out, []
         try:
             frame = encode(out)
-        except Exception as exc:  # a bug (an item that cannot be sent): its callers raise it
-            for request_id, _, _ in out:
-                future, _ = self._pending.pop(request_id)
-                future.set_exception(exc)
-            return
-        if self._transport is not None and not self._transport.is_closing():
+        except Exception:  # a bug (an item that cannot be sent): only its own caller fails
+            frame = b"".join(self._encode_each(out))
+        if frame and self._transport is not None and not self._transport.is_closing():
             self._transport.write(frame)
+
+    def _encode_each(self, out: list[tuple[int, int, tuple]]) -> Iterator[bytes]:
+        for request in out:
+            try:
+                yield encode([request])
+            except Exception as exc:
+                future, _ = self._pending.pop(request[0])
+                future.set_exception(exc)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

@@ -6,7 +6,9 @@ The whole HTTP API also runs over the link in ``tests/test_api.py`` and ``tests/
 
 from __future__ import annotations
 
+import asyncio
 import io
+import pickle
 import shutil
 import socket
 import struct
@@ -28,6 +30,7 @@ from ledger.engine import (
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
     OP_UPDATE_WALLETS,
+    OpResult,
 )
 from ledger.ids import new_id
 from ledger.link import LinkServer, RemoteLedger
@@ -203,6 +206,42 @@ def test_receipts_proven_by_the_writer_check_out_offline(linked: Linked) -> None
         assert from_memory == receipt(reader, t.seq, result.tree_size, remote.public_key)
     plain = remote.submit(OP_CREATE_TRANSFERS, [Transfer(new_id(), issuer, alice, 1, CNY, 1)])
     assert plain.result().committed is None  # proofs are made only when asked for
+
+
+def test_the_event_loops_link_sends_what_is_ready_in_one_frame(linked: Linked) -> None:
+    """Requests made in one turn of the event loop travel in one frame and each gets its own
+    answer; one that cannot be pickled (a bug) fails its own caller alone."""
+    remote = linked.remote
+    issuer, alice, _ = accounts()
+    remote.submit(OP_CREATE_ACCOUNTS, [Account(issuer, CNY, 1), Account(alice, CNY, 2)]).result()
+    pays = [Transfer(new_id(), issuer, alice, 1 + i, CNY, 1) for i in range(20)]
+
+    async def together() -> list[OpResult]:
+        return await asyncio.gather(
+            *(remote.execute(OP_CREATE_TRANSFERS, [t], receipts=True) for t in pays)
+        )
+
+    results = asyncio.run(together())
+    assert [r.codes for r in results] == [[0]] * 20
+    assert sorted(t.seq for t in pays) == list(range(2, 22))
+    assert all(isinstance(r.committed, link.ProvenEntries) for r in results)
+
+    unsendable = Transfer(new_id(), issuer, alice, 5, CNY, 1)
+    unsendable.attachments = [lambda: None]  # pickle refuses a lambda
+    good = Transfer(new_id(), issuer, alice, 7, CNY, 1)
+
+    async def one_bad_one_good() -> list[OpResult | BaseException]:
+        return await asyncio.gather(
+            remote.execute(OP_CREATE_TRANSFERS, [unsendable]),
+            remote.execute(OP_CREATE_TRANSFERS, [good]),
+            return_exceptions=True,
+        )
+
+    bad, fine = asyncio.run(one_bad_one_good())
+    assert isinstance(bad, pickle.PicklingError | AttributeError | TypeError), repr(bad)
+    assert isinstance(fine, OpResult) and fine.codes == [0] and good.seq == 22
+    assert not linked.lost.is_set()
+    assert linked.service.committed_size() == 23  # 2 accounts, 20 payments and the good one
 
 
 def test_a_stale_wallet_key_never_lets_a_payment_through(linked: Linked, tmp_path: Path) -> None:
