@@ -208,8 +208,10 @@ def test_receipts_proven_by_the_writer_check_out_offline(linked: Linked) -> None
     assert plain.result().committed is None  # proofs are made only when asked for
 
 
-def test_the_event_loops_link_sends_what_is_ready_in_one_frame(linked: Linked) -> None:
-    """Requests made in one turn of the event loop travel in one frame and each gets its own
+def test_requests_made_together_on_the_event_loop_each_get_their_own_answer(
+    linked: Linked,
+) -> None:
+    """Requests made in one turn of the event loop (sent as one frame) each get their own
     answer; one that cannot be pickled (a bug) fails its own caller alone."""
     remote = linked.remote
     issuer, alice, _ = accounts()
