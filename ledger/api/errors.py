@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
+import random
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
@@ -195,7 +195,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = "req_" + secrets.token_hex(8)
+        # Request ids name a request in logs; they need not be secret, so they come from the
+        # process's own generator (reseeded after a fork), not a system call per request.
+        rid = f"req_{random.getrandbits(64):016x}"
         scope.setdefault("state", {})["request_id"] = rid
         header = rid.encode()
 
