@@ -110,9 +110,22 @@ _NOT_BACK: Final = "attachments"
 """Rows for the committer: sent with a request, never needed back."""
 
 
+_BY_CONSTRUCTOR: Final[dict[type, int]] = {domain.Transfer: 11}
+"""Classes whose constructor takes their first N attributes in order: rebuilt by calling it,
+then setting the rest, a third of the time of setting all on a blank (every payment crosses the
+link as a Transfer)."""
+_LEADING: Final = [_BY_CONSTRUCTOR.get(cls, 0) for cls in _CLASSES]
+_REST: Final = [names[n:] for names, n in zip(_ATTRS, _LEADING, strict=True)]
+
+
 def _rebuild(index: int, values: tuple) -> Any:
-    obj = _BLANK[_CLASSES[index]]()
-    for name, value in zip(_ATTRS[index], values, strict=True):
+    leading = _LEADING[index]
+    if leading:
+        obj = _CLASSES[index](*values[:leading])
+        values = values[leading:]
+    else:
+        obj = _BLANK[_CLASSES[index]]()
+    for name, value in zip(_REST[index], values, strict=True):
         setattr(obj, name, value)
     return obj
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Final
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from ledger.api.errors import APIError, error_response
+from ledger.api.responses import JSONResponse
 from merchant_api import settlements, webhooks
 from merchant_api.keys import RATE_BURST, RATE_PER_S, KeyChecker
 from merchant_api.routes import merchants, payment_orders, refunds

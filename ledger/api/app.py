@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ledger.api.errors import API_VERSION, RequestContextMiddleware, install_error_handlers
+from ledger.api.responses import JSONResponse
 from ledger.api.routes import (
     accounts,
     api_keys,
@@ -42,6 +43,7 @@ def create_app(
             "transfer is a journal entry in an RFC 9162 Merkle log whose checkpoints the ledger "
             "signs with Ed25519."
         ),
+        default_response_class=JSONResponse,
     )
     app.state.ledger = ledger
     app.state.reader = Reader(ledger.db, ledger.origin)

@@ -15,11 +15,11 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.api.models import parse_id
+from ledger.api.responses import JSONResponse
 from ledger.auth import AuthError
 from ledger.domain import BATCH_MAX
 from ledger.sequencer import LedgerUnavailable, Overloaded

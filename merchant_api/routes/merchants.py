@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from ledger.api.deps import CurrentPrincipal, ReaderDep
+from ledger.api.responses import JSONResponse
 from merchant_api.deps import MerchantDep, ServiceDep
 from merchant_api.models import Merchant
 from merchant_api.schemas import MerchantCreate

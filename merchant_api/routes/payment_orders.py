@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 
 from ledger.api.deps import ReaderDep
 from ledger.api.errors import id_or_404
+from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results, receipt
 from ledger.wallets.service import SignedPayment
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from ledger.api.errors import id_or_404
+from ledger.api.responses import JSONResponse
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
 from merchant_api.schemas import RefundCreate
 from merchant_api.service import MerchantError

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from ledger.api.errors import id_or_404
 from ledger.api.models import AmountFen
+from ledger.api.responses import JSONResponse
 from merchant_api import settlements
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
 

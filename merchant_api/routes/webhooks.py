@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.api.responses import JSONResponse
 from merchant_api import webhooks
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
 
 from ledger.api.deps import CurrentPrincipal, LedgerDep, ReaderDep, visible_account
 from ledger.api.errors import APIError, id_or_404
@@ -18,6 +17,7 @@ from ledger.api.models import (
     EntryPage,
     format_id,
 )
+from ledger.api.responses import JSONResponse
 from ledger.api.views import account_view, entry_view, item_results
 from ledger.domain import ACCOUNT_FLAG_NAMES, CURRENCIES, Account, CloseAccount
 from ledger.engine import OP_CLOSE_ACCOUNTS, OP_CREATE_ACCOUNTS

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from ledger.api.deps import CurrentPrincipal, ReaderDep, visible_account
 from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import BankAccountCreate, BatchResults, MoneyMove
+from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results
 from ledger.wallets import codes
 from ledger.wallets.service import Wallets

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import AmountFen, Id128, _Strict
+from ledger.api.responses import JSONResponse
 from ledger.api.wallet_auth import Access, authenticate, require_operator
 from ledger.credit.consent import (
     CONSENT_DAYS_MAX,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from ledger.api.deps import CentralBank, ReaderDep
 from ledger.api.models import BatchResults, Issuance, MoneyMove, OperatorCreate
+from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results
 from ledger.wallets import codes
 from ledger.wallets.service import Wallets

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 
 from ledger.api.deps import ReaderDep
 from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import PaymentBatch, SignedPaymentIn, format_id
+from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results, receipt
 from ledger.api.wallet_auth import Access, authenticate
 from ledger.store.queries import Reader

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from ledger.api.deps import CurrentPrincipal, LedgerDep, ReaderDep, can_see
 from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import BatchResults, TransferBatch, TransferCreate, TransferPublic
+from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results, transfer_view
 from ledger.domain import CURRENCIES, TRANSFER_FLAG_NAMES, Transfer
 from ledger.engine import OP_CREATE_TRANSFERS

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 
 from ledger.api.deps import ReaderDep
 from ledger.api.errors import APIError, id_or_404
@@ -25,6 +24,7 @@ from ledger.api.models import (
     WalletSettings,
     format_id,
 )
+from ledger.api.responses import JSONResponse
 from ledger.api.routes.accounts import PAGE_LIMIT_MAX
 from ledger.api.views import entry_view, item_results, wallet_view
 from ledger.api.wallet_auth import Access, authenticate, require_operator, wallet_for
