@@ -214,7 +214,8 @@ class RequestContextMiddleware:
                 ]
             await send(message)
 
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.body_max_bytes):
             await self._too_large(rid, send_with_id)
             return
@@ -228,8 +229,11 @@ class RequestContextMiddleware:
                 raise _BodyTooLarge(self.body_max_bytes)
             return message
 
+        # A body with a Content-Length (checked above) and no Transfer-Encoding is framed by
+        # the server to that length: only other bodies (chunked) are counted as they come.
+        framed = length is not None and b"transfer-encoding" not in headers
         try:
-            await self.app(scope, counted_receive, send_with_id)
+            await self.app(scope, receive if framed else counted_receive, send_with_id)
         except _BodyTooLarge:
             if not started:
                 await self._too_large(rid, send_with_id)
