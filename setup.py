@@ -8,7 +8,14 @@ import sys
 
 from setuptools import setup
 
-COMPILED = ["ledger/daily.py", "ledger/domain.py", "ledger/engine.py", "ledger/journal.py"]
+COMPILED = [
+    "ledger/daily.py",
+    "ledger/domain.py",
+    "ledger/engine.py",
+    "ledger/idfilter.py",
+    "ledger/journal.py",
+    "ledger/merkle.py",
+]
 
 
 def ext_modules() -> list:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeGuard
 
 __all__ = [
     "HASH_SIZE",
@@ -243,11 +243,11 @@ def consistency_proof(entries: Sequence[bytes], old_size: int) -> list[bytes]:
 # --- verification: never raises, any malformed input is simply not a valid proof -----------------
 
 
-def _is_hash(value: object) -> bool:
+def _is_hash(value: object) -> TypeGuard[bytes]:
     return isinstance(value, bytes) and len(value) == HASH_SIZE
 
 
-def _is_size(value: object) -> bool:
+def _is_size(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -266,11 +266,13 @@ def _hash_list(proof: object, max_len: int) -> list[bytes] | None:
 
 
 def verify_inclusion(
-    entry: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
+    entry: object, index: object, size: object, proof: object, root: object
 ) -> bool:
-    """True iff ``proof`` shows ``entry`` at ``index`` in the tree of ``size`` with ``root``.
+    """True iff ``proof`` (32-byte hashes) shows ``entry`` (bytes) at ``index`` in the tree of
+    ``size`` with ``root``.
 
-    RFC 9162 section 2.1.3.2, step by step, after type and length checks on every argument.
+    RFC 9162 section 2.1.3.2, step by step, after type and length checks on every argument: what
+    a receipt brings is untrusted, so anything else is answered False, never an exception.
     """
     if not (isinstance(entry, bytes) and _is_size(index) and _is_size(size) and _is_hash(root)):
         return False
@@ -296,7 +298,7 @@ def verify_inclusion(
 
 
 def verify_consistency(
-    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+    old_size: object, new_size: object, old_root: object, new_root: object, proof: object
 ) -> bool:
     """True iff ``proof`` shows the tree (old_size, old_root) is a prefix of (new_size, new_root).
 
