@@ -42,6 +42,10 @@ first, ``ratio_same_workers`` to the second.
 **The machine.** wrk (2 threads) runs on the same 2 cores as the server (and, for the ledger,
 its committer process and the database): the figures include the generator's share of the
 CPU. Other work on the machine at the same time makes them noisy; ``--runs N`` reports medians.
+Every server is started before the first measurement, and each run measures them all in turn
+(the trivial endpoint, single payments on each database, then the batches), so that a ratio
+divides two figures taken seconds apart: ``ratio`` is the median over runs of each run's own
+ratio.
 
 Run::
 
@@ -452,6 +456,9 @@ class Measurement:
     wrk: WrkResult
     committed: int | None = None
     """Entries the ledger's tree grew by over the run (None for the trivial endpoint)."""
+    run: int = 0
+    """Which round of ``--runs`` it belongs to: ratios pair it with the trivial endpoint's
+    measurement of the same round, made a few seconds before it."""
 
     @property
     def accepted(self) -> int:
@@ -477,15 +484,15 @@ class Measurement:
             "exhausted_threads": w.exhausted_threads, "bodies_signed": self.bodies,
             "committed": self.committed, "accepted": self.accepted,
             "payments_per_s": round(self.payments_per_s, 1) if self.kind != "trivial" else None,
+            "run": self.run,
         }  # fmt: skip
 
 
 Say = Callable[[str], None]
 
 
-def _measure_trivial(
-    workdir: Path, duration_s: int, connections: int, runs: int, workers: int, say: Say
-) -> list[Measurement]:
+def _trivial_bodies(workdir: Path) -> Path:
+    """One signed payment, sent again and again to the trivial endpoint (it keeps nothing)."""
     from nacl.signing import SigningKey
 
     key = SigningKey.generate()
@@ -494,15 +501,17 @@ def _measure_trivial(
     expires = time.time_ns() // 1_000_000 + EXPIRES_IN_MS
     body = _sign_range((one.payers, one.payees, 0, 1, PAYMENT_FEN, expires))
     write_bodies(prefix, body * WRK_THREADS)
-    out = []
+    return prefix
+
+
+def _measure_trivial(
+    base: str, prefix: Path, workers: int, connections: int, duration_s: int, run: int, say: Say
+) -> Measurement:
     target = trivial_target(workers)
-    with trivial_server(workdir, workers) as base:
-        for run in range(runs):
-            say(f"{target}: run {run + 1}/{runs}, {connections} connections, {duration_s} s")
-            result = run_wrk(f"{base}/v1/payments", prefix, "trivial", connections, duration_s)
-            out.append(Measurement(target, "trivial", None, 1, connections, 1, result, None))
-            say(f"  {result.requests_per_s:,.0f} req/s, p99 {result.p99_ms:.1f} ms")
-    return out
+    say(f"{target}: run {run + 1}, {connections} connections, {duration_s} s")
+    result = run_wrk(f"{base}/v1/payments", prefix, "trivial", connections, duration_s)
+    say(f"  {result.requests_per_s:,.0f} req/s, p99 {result.p99_ms:.1f} ms")
+    return Measurement(target, "trivial", None, 1, connections, 1, result, None, run)
 
 
 def trivial_target(workers: int) -> str:
@@ -518,6 +527,7 @@ def _measure_payments(
     duration_s: int,
     expected_per_s: float,
     say: Say,
+    run: int = 0,
 ) -> Measurement:
     """Sign enough payments for ``duration_s`` at ``expected_per_s`` (× ``SIGN_MARGIN``), send
     each once with wrk, and count what the ledger accepted."""
@@ -536,7 +546,9 @@ def _measure_payments(
     result = run_wrk(f"{server.base}{path}", prefix, kind, connections, duration_s)
     committed = settled_tree_size(server.base) - before
     target = f"{database} single" if kind == "single" else f"{database} batch {batch_size}"
-    made = Measurement(target, kind, database, batch_size, connections, count, result, committed)
+    made = Measurement(
+        target, kind, database, batch_size, connections, count, result, committed, run
+    )
     say(
         f"  {result.requests_per_s:,.0f} req/s, {made.payments_per_s:,.0f} payments/s, "
         f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms "
@@ -564,43 +576,6 @@ def _expected_rate(
     return max(batches) * 1.5 if batches else BATCH_RATE_GUESS
 
 
-def _measure_ledger(
-    database: str,
-    url: str,
-    workdir: Path,
-    duration_s: int,
-    connections: int,
-    batch_connections: int,
-    runs: int,
-    trivial_rps: float,
-    priors: dict[int, float],
-    serve_workers: int,
-    say: Say,
-) -> list[Measurement]:
-    out: list[Measurement] = []
-    workdir.mkdir(parents=True, exist_ok=True)
-    with serving(url, workdir, workers=serve_workers) as server:
-        started = time.monotonic()
-        seeded = seed_ledger(server.base, server.admin_file.read_text().strip())
-        say(
-            f"{database}: ledger serve on {server.base}, seeded {len(seeded.payers)} payers and "
-            f"{len(seeded.payees)} payees in {time.monotonic() - started:.1f} s"
-        )
-        rates: dict[int, float] = {}  # payments/s measured here, by batch size (1: single)
-        for run in range(runs):
-            for size in (1, *BATCH_SIZES):
-                conns = connections if size == 1 else batch_connections
-                expected = _expected_rate(size, rates, priors, trivial_rps)
-                what = "single payments" if size == 1 else f"batches of {size}"
-                say(f"{database}: run {run + 1}/{runs}, {what}, {conns} connections")
-                made = _measure_payments(
-                    server, seeded, database, size, conns, duration_s, expected, say
-                )
-                rates[size] = max(made.payments_per_s, 1.0)
-                out.append(made)
-    return out
-
-
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -621,19 +596,29 @@ def _median_rows(measurements: list[Measurement]) -> list[dict[str, Any]]:
     return rows
 
 
+def _rate(m: Measurement) -> float:
+    return m.wrk.requests_per_s if m.kind == "trivial" else m.payments_per_s
+
+
 def summarise(measurements: list[Measurement], serve_workers: int = 1) -> dict[str, Any]:
     """Median rows, each with its ratios to the trivial endpoint (one process, and as many
-    processes as the ledger's HTTP workers) and its target verdict."""
+    processes as the ledger's HTTP workers; each the median of the runs' own ratios) and its
+    target verdict."""
     rows = _median_rows(measurements)
-    by_target = {r["target"]: r for r in rows}
-    one = by_target.get(trivial_target(1))
-    same = by_target.get(trivial_target(serve_workers))
-    ceiling = one["requests_per_s"] if one else None
-    ceiling_same = same["requests_per_s"] if same else None
+
+    def ratio(target: str, ceiling_target: str) -> float | None:
+        """The median over runs of the target's rate over the ceiling's in the same run."""
+        ceilings = {m.run: _rate(m) for m in measurements if m.target == ceiling_target}
+        ratios = [
+            _rate(m) / ceilings[m.run]
+            for m in measurements
+            if m.target == target and ceilings.get(m.run)
+        ]
+        return round(statistics.median(ratios), 3) if ratios else None
+
     for row in rows:
-        rate = row["requests_per_s"] if row["kind"] == "trivial" else row["payments_per_s"]
-        row["ratio_to_trivial"] = round(rate / ceiling, 3) if ceiling else None
-        row["ratio_same_workers"] = round(rate / ceiling_same, 3) if ceiling_same else None
+        row["ratio_to_trivial"] = ratio(row["target"], trivial_target(1))
+        row["ratio_same_workers"] = ratio(row["target"], trivial_target(serve_workers))
         if row["kind"] == "single":
             row["goal"] = f"≥ {TARGET_SINGLE_RATIO:.0%} of trivial, p99 ≤ {TARGET_P99_MS:.0f} ms"
             row["meets_goal"] = bool(
@@ -698,28 +683,62 @@ def run(
     say: Say = print,
     serve_workers: int = WORKERS_DEFAULT,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON-able report."""
+    """The whole benchmark; returns the JSON-able report.
+
+    Every server (the trivial app, the ledger on SQLite and on PostgreSQL) is started and
+    seeded first, and each round of ``runs`` then measures them one after the other: the
+    trivial endpoint, single payments on each database, then each batch size. A ledger's
+    figure is thus always a few seconds from the trivial one it is divided by; this machine's
+    speed drifts by a third within minutes, which measuring each target's runs together let
+    into the ratios."""
     wrk_path()
     measurements: list[Measurement] = []
-    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
-        for workers in sorted({1, serve_workers}):
-            measurements += _measure_trivial(workdir, duration_s, connections, runs, workers, say)
-        ceiling = statistics.median(
-            m.wrk.requests_per_s for m in measurements if m.target == trivial_target(1)
-        )
-        sqlite_url = f"sqlite:///{workdir / 'sqlite' / 'ledger.db'}"
-        measurements += _measure_ledger(
-            "sqlite", sqlite_url, workdir / "sqlite", duration_s, connections,
-            batch_connections, runs, ceiling, {}, serve_workers, say,
-        )  # fmt: skip
-        priors = {m.batch_size: m.payments_per_s for m in measurements if m.kind != "trivial"}
+        trivial = {
+            w: stack.enter_context(trivial_server(workdir, w)) for w in sorted({1, serve_workers})
+        }
+        trivial_prefix = _trivial_bodies(workdir)
+        urls = {"sqlite": f"sqlite:///{workdir / 'sqlite' / 'ledger.db'}"}
         if postgres:
-            with postgres_database(postgres) as url:
-                measurements += _measure_ledger(
-                    "postgres", url, workdir / "postgres", duration_s, connections,
-                    batch_connections, runs, ceiling, priors, serve_workers, say,
-                )  # fmt: skip
+            urls["postgres"] = stack.enter_context(postgres_database(postgres))
+        ledgers: dict[str, tuple[ServeProcess, Seeded]] = {}
+        for database, url in urls.items():
+            (workdir / database).mkdir()
+            server = stack.enter_context(serving(url, workdir / database, workers=serve_workers))
+            started = time.monotonic()
+            seeded = seed_ledger(server.base, server.admin_file.read_text().strip())
+            ledgers[database] = server, seeded
+            say(
+                f"{database}: ledger serve on {server.base}, seeded {len(seeded.payers)} payers "
+                f"and {len(seeded.payees)} payees in {time.monotonic() - started:.1f} s"
+            )
+        # payments/s measured so far, by database and batch size (1: single payments)
+        rates: dict[str, dict[int, float]] = {database: {} for database in ledgers}
+        for run in range(runs):
+            ceiling = 0.0
+            for workers, base in trivial.items():
+                made = _measure_trivial(
+                    base, trivial_prefix, workers, connections, duration_s, run, say
+                )
+                measurements.append(made)
+                if workers == 1:
+                    ceiling = made.wrk.requests_per_s
+            for size in (1, *BATCH_SIZES):
+                conns = connections if size == 1 else batch_connections
+                what = "single payments" if size == 1 else f"batches of {size}"
+                for database, (server, seeded) in ledgers.items():
+                    others = {
+                        s: r for db, by_size in rates.items() if db != database
+                        for s, r in by_size.items()
+                    }  # fmt: skip
+                    expected = _expected_rate(size, rates[database], others, ceiling)
+                    say(f"{database}: run {run + 1}/{runs}, {what}, {conns} connections")
+                    made = _measure_payments(
+                        server, seeded, database, size, conns, duration_s, expected, say, run
+                    )
+                    rates[database][size] = max(made.payments_per_s, 1.0)
+                    measurements.append(made)
     report = summarise(measurements, serve_workers)
     report.update(
         {
@@ -733,6 +752,8 @@ def run(
             "server": server_setup(serve_workers),
             "published_figure": "accepted payments/s = min(ok answers, committed entries) "
             "/ wrk duration",
+            "ratio": "median over runs of payments/s over the trivial endpoint's requests/s "
+            "measured in the same run",
             "measurements": [m.row() for m in measurements],
         }
     )  # fmt: skip
