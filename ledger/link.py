@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import io
 import itertools
 import logging
@@ -70,31 +71,39 @@ WALLET_KEYS_MAX: Final = 1_000_000
 # -- the domain's compiled classes on the wire ------------------------------------------------
 
 
-def _blank_wallet() -> domain.Wallet:
-    return domain.Wallet(0, "", "", 0, b"", 0, 0)
-
-
-_BLANK: Final[dict[type, Callable[[], Any]]] = {
-    domain.Account: lambda: domain.Account(0, 0, 0),
-    domain.Transfer: lambda: domain.Transfer(0, 0, 0, 0, 0, 0),
-    domain.CloseAccount: lambda: domain.CloseAccount(0),
-    domain.LimitSet: lambda: domain.LimitSet(0, 0, 0, 0),
-    domain.Wallet: _blank_wallet,
-    domain.OpenWallet: lambda: domain.OpenWallet(domain.Account(0, 0, 0), _blank_wallet()),
-    domain.UpdateWallet: lambda: domain.UpdateWallet(0),
-    domain.Disbursement: lambda: domain.Disbursement(0, 0, 0, 0, 0, 0, 0, {}),
-    domain.AuditRecord: lambda: domain.AuditRecord("", {}),
-    domain.ActivateLimits: lambda: domain.ActivateLimits("", {}),
-    domain.Attachment: lambda: domain.Attachment("", (), ()),
-    domain.CancelTransferId: lambda: domain.CancelTransferId(0, ""),
-}
-
-
-_CLASSES: Final = list(_BLANK)
+_CLASSES: Final = [
+    domain.Account,
+    domain.Transfer,
+    domain.CloseAccount,
+    domain.LimitSet,
+    domain.Wallet,
+    domain.OpenWallet,
+    domain.UpdateWallet,
+    domain.Disbursement,
+    domain.AuditRecord,
+    domain.ActivateLimits,
+    domain.Attachment,
+    domain.CancelTransferId,
+]
 _INDEX: Final = {cls: i for i, cls in enumerate(_CLASSES)}
-_ATTRS: Final = [
-    tuple(getattr(cls, "__mypyc_attrs__", ()) or vars(cls)["__slots__"]) for cls in _CLASSES
-]  # compiled classes name their attributes in __mypyc_attrs__, plain ones in __slots__
+
+
+def _wire_order(cls: type) -> tuple[tuple[str, ...], int]:
+    """A class's attribute names as they cross the link, and how many lead: those its
+    constructor takes, in the constructor's order, then the rest. ``_rebuild`` calls the
+    constructor with the leading values and sets the others: a third of the time of setting
+    every attribute on a blank (every payment crosses the link as a Transfer)."""
+    names = getattr(cls, "__mypyc_attrs__", ()) or vars(cls)["__slots__"]
+    # compiled classes name their attributes in __mypyc_attrs__, plain ones in __slots__
+    params = tuple(inspect.signature(cls).parameters)
+    if unknown := [p for p in params if p not in names]:
+        raise TypeError(f"{cls.__name__}() takes {unknown}, which are not its attributes")
+    return params + tuple(n for n in names if n not in params), len(params)
+
+
+_WIRE: Final = [_wire_order(cls) for cls in _CLASSES]
+_ATTRS: Final = [names for names, _ in _WIRE]
+_LEADING: Final = [leading for _, leading in _WIRE]
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple]:
@@ -108,24 +117,13 @@ def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple]:
 _GET: Final = [_getter(names) for names in _ATTRS]
 _NOT_BACK: Final = "attachments"
 """Rows for the committer: sent with a request, never needed back."""
-
-
-_BY_CONSTRUCTOR: Final[dict[type, int]] = {domain.Transfer: 11}
-"""Classes whose constructor takes their first N attributes in order: rebuilt by calling it,
-then setting the rest, a third of the time of setting all on a blank (every payment crosses the
-link as a Transfer)."""
-_LEADING: Final = [_BY_CONSTRUCTOR.get(cls, 0) for cls in _CLASSES]
 _REST: Final = [names[n:] for names, n in zip(_ATTRS, _LEADING, strict=True)]
 
 
 def _rebuild(index: int, values: tuple) -> Any:
     leading = _LEADING[index]
-    if leading:
-        obj = _CLASSES[index](*values[:leading])
-        values = values[leading:]
-    else:
-        obj = _BLANK[_CLASSES[index]]()
-    for name, value in zip(_REST[index], values, strict=True):
+    obj = _CLASSES[index](*values[:leading])
+    for name, value in zip(_REST[index], values[leading:], strict=True):
         setattr(obj, name, value)
     return obj
 

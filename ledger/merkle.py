@@ -117,11 +117,8 @@ def inclusion_proof_from_nodes(index: int, size: int, node: NodeReader) -> list[
     path = [node(level, (index >> level) ^ 1) for level in range(inner - 1)]
     if inner:
         level = inner - 1
-        start = ((index >> level) ^ 1) << level
-        if start + (1 << level) <= size:
-            path.append(node(level, start >> level))
-        else:
-            path.append(_range_hash(start, size, node))  # the right sibling on the tree's edge
+        start = ((index >> level) ^ 1) << level  # complete, or the right one on the tree's edge
+        path.append(_range_hash(start, min(start + (1 << level), size), node))
     level, above = inner, index >> inner
     while above:
         if above & 1:

@@ -127,6 +127,17 @@ def test_every_domain_class_crosses_the_link_whole() -> None:
     assert [type(x) for x in got] == [type(x) for x in items]
 
 
+def test_a_class_whose_constructor_takes_other_than_its_attributes_is_refused() -> None:
+    class Odd:
+        __slots__ = ("a", "seq")
+
+        def __init__(self, b: int) -> None:
+            self.a, self.seq = b, -1
+
+    with pytest.raises(TypeError, match=r"Odd\(\) takes \['b'\]"):
+        link._wire_order(Odd)
+
+
 def test_answers_carry_what_the_engine_changed_and_nothing_else() -> None:
     t = Transfer(new_id(), new_id(), new_id(), 1, CNY, 1, authorization=b"s" * 80)
     t.attachments = [domain.Attachment("rows", ("a",), (1,))]

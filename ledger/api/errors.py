@@ -8,7 +8,6 @@ they are read.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from typing import Any, Final
@@ -252,14 +251,9 @@ async def _send_error(
     send: Send, status: int, kind: str, code: str, message: str, rid: str
 ) -> None:
     error = {"type": kind, "code": code, "message": message, "param": None, "request_id": rid}
-    body = json.dumps({"error": error}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"ledger-version", API_VERSION.encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    response = JSONResponse({"error": error}, status, {"ledger-version": API_VERSION})
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class _BodyTooLarge(StarletteHTTPException):
