@@ -241,27 +241,38 @@ def test_requests_that_wait_for_a_commit_share_the_next_batch(
         assert len({r.tree_size for r in results[1:]}) == 1, "the forty share one checkpoint"
 
 
-def test_failed_commit_is_retried_with_the_same_ids(database_url: str, key_file: Path) -> None:
+@pytest.mark.parametrize(
+    ("table", "column"),
+    [("journal_entries", "seq"), ("checkpoints", "size")],
+    ids=["entries", "checkpoint"],  # on PostgreSQL: the COPY, and the pipelined statements
+)
+def test_failed_commit_is_retried_with_the_same_ids(
+    database_url: str, key_file: Path, table: str, column: str
+) -> None:
     """A database error fails the batch; the writer reloads; the retry applies exactly once."""
     with open_ledger(database_url, key_file) as ledger:
         seed(ledger)
         if is_sqlite(database_url):
             raw_sql(
                 database_url,
-                "CREATE TRIGGER refuse BEFORE INSERT ON journal_entries "
+                f"CREATE TRIGGER refuse BEFORE INSERT ON {table} "
                 "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
             )
         else:
             raw_sql(
                 database_url,
-                "ALTER TABLE journal_entries ADD CONSTRAINT refuse CHECK (seq < 0) NOT VALID",
+                f"ALTER TABLE {table} ADD CONSTRAINT refuse CHECK ({column} < 0) NOT VALID",
             )
         with pytest.raises(LedgerUnavailable):
             ledger.create_transfers([pay(401, ALICE, BOB, 10)])
+        latest = Reader(ledger.store.engine, ledger.origin).latest_checkpoint()
+        with ledger.store.engine.connect() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM journal_entries")).scalar_one()
+        assert latest is not None and latest.size == stored  # nothing of the batch was kept
         if is_sqlite(database_url):
             raw_sql(database_url, "DROP TRIGGER refuse")
         else:
-            raw_sql(database_url, "ALTER TABLE journal_entries DROP CONSTRAINT refuse")
+            raw_sql(database_url, f"ALTER TABLE {table} DROP CONSTRAINT refuse")
         deadline = time.monotonic() + 10
         while True:
             try:

