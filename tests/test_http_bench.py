@@ -10,6 +10,7 @@ are tested on fixed input.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,7 @@ def _measurement(
     batch_size: int = 1,
     p99_ms: float = 10.0,
     run: int = 0,
+    connections: int = 32,
 ) -> hb.Measurement:
     wrk = hb.WrkResult(
         requests=int(rps * 10), duration_s=10.0, p50_ms=2.0, p90_ms=3.0, p99_ms=p99_ms,
@@ -81,7 +83,7 @@ def _measurement(
     database = None if kind == "trivial" else "sqlite"
     if committed is None and kind != "trivial":
         committed = ok
-    return hb.Measurement(target, kind, database, batch_size, 32, ok, wrk, committed, run)
+    return hb.Measurement(target, kind, database, batch_size, connections, ok, wrk, committed, run)
 
 
 def test_summarise_medians_ratio_and_goals() -> None:
@@ -126,6 +128,38 @@ def test_ratios_are_the_median_of_each_runs_own_ratio() -> None:
     assert single["ratio_to_trivial"] == pytest.approx(0.55, abs=1e-3)
     assert single["payments_per_s"] == 4800 and single["p99_ms"] == 10.0  # medians per figure
     assert single["meets_goal"] is False
+
+
+def test_each_load_is_its_own_row_held_to_the_runs_best_trivial_rate() -> None:
+    runs = [
+        _measurement("trivial", "trivial", 10000, 100000, connections=64),
+        _measurement("trivial", "trivial", 9000, 90000, connections=128),
+        # 64 connections: a short p99 but too few payments; 128: enough, but too slow
+        _measurement("sqlite single", "single", 5500, 55000, p99_ms=35.0, connections=64),
+        _measurement("sqlite single", "single", 6300, 63000, p99_ms=70.0, connections=128),
+    ]
+    rows = {(r["target"], r["connections"]): r for r in hb.summarise(runs)["targets"]}
+    assert len(rows) == 4
+    # both divided by the run's best trivial rate (10,000, at 64), not each by its own load's
+    assert rows["trivial", 128]["ratio_to_trivial"] == pytest.approx(0.9, abs=1e-3)
+    at_64, at_128 = rows["sqlite single", 64], rows["sqlite single", 128]
+    assert at_64["ratio_to_trivial"] == pytest.approx(0.55, abs=1e-3)
+    assert at_128["ratio_to_trivial"] == pytest.approx(0.63, abs=1e-3)
+    assert at_64["meets_goal"] is False and at_128["meets_goal"] is False
+    at_128_fast = _measurement("sqlite single", "single", 6300, 63000, p99_ms=45.0, connections=128)
+    rows = {
+        (r["target"], r["connections"]): r
+        for r in hb.summarise([*runs[:3], at_128_fast])["targets"]
+    }
+    assert rows["sqlite single", 128]["meets_goal"] is True
+
+
+def test_connection_counts_are_read_as_a_list() -> None:
+    assert hb._counts("64,128,64") == (64, 128)
+    with pytest.raises(argparse.ArgumentTypeError, match="whole numbers"):
+        hb._counts("64,lots")
+    with pytest.raises(SystemExit):
+        hb.main(["--connections", "0,64"])
 
 
 def test_bodies_are_dealt_round_robin_one_file_per_thread(tmp_path: Path) -> None:
