@@ -413,6 +413,7 @@ class RemoteLedger:
         self._lost: str | None = None
         self._on_lost = on_lost
         self._keys: dict[int, tuple[int, bytes]] = {}
+        self._warned: set[str] = set()
         self._path = path
         self._loop_links: dict[asyncio.AbstractEventLoop, asyncio.Future[_LoopLink]] = {}
         self._closing = False
@@ -438,6 +439,13 @@ class RemoteLedger:
         return future
 
     def _call(self, name: str, *args: Any) -> Any:
+        if name not in self._warned and _on_event_loop():
+            self._warned.add(name)  # once per call: a log line per request would drown the log
+            log.warning(
+                "%s waited on the writer on the event loop, and so did every request of this "
+                "worker meanwhile: call it from the thread pool",
+                name,
+            )
         return self._request(CALL, (name, args), None).result()
 
     def _read(self) -> None:
@@ -533,6 +541,10 @@ class RemoteLedger:
                 self._keys.clear()
             self._keys[wallet_id] = found
         return found
+
+    def knows_wallet_key(self, wallet_id: int, key_version: int) -> bool:
+        known = self._keys.get(wallet_id)
+        return known is not None and known[0] == key_version
 
     def limits(self) -> tuple[str, dict[int, LimitSet]]:
         found: tuple[str, dict[int, LimitSet]] = self._call("limits")
@@ -632,6 +644,14 @@ class _LoopLink(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _resolve(future: Future[Any] | asyncio.Future[Any], items: list | None, answer: tuple) -> None:

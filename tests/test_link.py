@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import pickle
 import shutil
 import socket
@@ -38,6 +39,7 @@ from ledger.sequencer import LedgerUnavailable, Overloaded
 from ledger.server import open_wallets
 from ledger.service import LedgerService
 from ledger.store.queries import Reader
+from ledger.wallets.service import SignedPayment
 from wallet_sdk.receipts import check_receipt
 
 CNY = 156
@@ -294,6 +296,56 @@ def test_a_stale_wallet_key_never_lets_a_payment_through(linked: Linked, tmp_pat
     assert stale.codes == [Result.WALLET_KEY_ROTATED]
     current = remote.submit(OP_CREATE_TRANSFERS, [signed(new, 2)]).result()
     assert current.codes == [Result.EXCEEDS_CREDITS]  # past the key check: the wallet is empty
+
+
+def test_a_call_to_the_writer_on_an_event_loop_is_reported_once(
+    linked: Linked, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def on_the_loop() -> object:
+        return linked.remote.account(new_id())
+
+    with caplog.at_level(logging.WARNING, logger="ledger.link"):
+        assert linked.remote.account(new_id()) is None  # from a thread: as it should be
+        assert not caplog.records
+        assert asyncio.run(on_the_loop()) is None
+        assert asyncio.run(on_the_loop()) is None
+    reported = [r.getMessage() for r in caplog.records]
+    assert len(reported) == 1 and reported[0].startswith("account waited on the writer on the")
+
+
+def test_a_payer_whose_key_the_worker_lacks_is_verified_off_the_event_loop(
+    linked: Linked, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    remote = linked.remote
+    wallets = open_wallets(remote, tmp_path / "kyc.key")
+    key = SigningKey.generate()
+    try:
+        wallets.onboard_operator("op_a").result()
+        opened = [
+            wallets.wallet_to_open(
+                "op_a", new_id(), kind="personal", klass=4, public_key=bytes(key.verify_key),
+                kyc={"phone": "+8613700000000"},
+            )
+            for _ in range(2)
+        ]  # fmt: skip
+        assert wallets.open_wallets("op_a", opened).result().codes == [0, 0]
+        payer, payee = opened[0].id, opened[1].id
+        assert not remote.knows_wallet_key(payer, 1)  # the worker has not seen it yet
+
+        def payment() -> SignedPayment:
+            tid, expires = new_id(), time.time_ns() // 1_000_000 + 60_000
+            auth = signing.sign_payment(key, 1, tid, payer, payee, 10, "CNY", expires)
+            return SignedPayment(tid, payer, payee, 10, expires, 1, auth.signature)
+
+        with caplog.at_level(logging.WARNING, logger="ledger.link"):
+            _, first = asyncio.run(wallets.pay([payment()]))
+            assert remote.knows_wallet_key(payer, 1) and not remote.knows_wallet_key(payer, 2)
+            _, second = asyncio.run(wallets.pay([payment()]))  # now verified inline
+        assert not [r for r in caplog.records if "event loop" in r.getMessage()]
+        # verified (not signature_invalid): refused by the engine, the new wallet is empty
+        assert first.codes == second.codes == [Result.EXCEEDS_CREDITS]
+    finally:
+        wallets.close()
 
 
 def test_a_full_queue_is_overloaded_on_the_worker_too(database_url: str, key_file: Path) -> None:

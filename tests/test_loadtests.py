@@ -91,6 +91,9 @@ def test_pilot_profile_meets_its_slo_and_every_acknowledged_id_is_in_the_journal
             names = {row["Name"] for row in csv.DictReader(f)}
         assert "/v1/payment_orders/[id]/pay" in names and "/v1/payments" in names
         assert "seed: made" in run.stderr
+        # shoppers' signed reads, payments, top-ups, redemptions, wallets opened: none of the
+        # workers waited on the writer on its event loop (ledger.link reports any that does)
+        assert "on the event loop" not in server.log()
 
         audit_load = [
             sys.executable,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, State
 
 from ledger import signing
 from ledger.api.errors import APIError
@@ -65,16 +67,26 @@ class SeenRequests:
 
 
 async def authenticate(request: Request) -> Access:
-    """An API key (Authorization: Bearer) or a wallet's signature; 401 without either."""
+    """An API key (Authorization: Bearer) or a wallet's signature; 401 without either.
+
+    Async only to read the body a wallet signed; the checks themselves (the key's record, the
+    wallet's key, the replay guard) wait on the database or the writer, so they run in the
+    thread pool, not on the event loop."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise APIError(401, "invalid_api_key", "use `Authorization: Bearer <key>`")
         authenticator: Authenticator = request.app.state.authenticator
-        return Access(authenticator.authenticate(token.strip()), None)
+        principal = await run_in_threadpool(authenticator.authenticate, token.strip())
+        return Access(principal, None)
     if "wallet-signature" in request.headers:
-        return Access(None, await _signed_wallet(request))
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        body = await request.body()
+        wallet_id = await run_in_threadpool(
+            _signed_wallet, request.app.state, request.method, path, request.headers, body
+        )
+        return Access(None, wallet_id)
     raise APIError(
         401,
         "missing_credentials",
@@ -84,11 +96,11 @@ async def authenticate(request: Request) -> Access:
     )
 
 
-async def _signed_wallet(request: Request) -> int:
+def _signed_wallet(state: State, method: str, path: str, headers: Headers, body: bytes) -> int:
     try:
-        wallet_id = parse_id(request.headers.get("wallet-id", ""))
-        timestamp_ms = int(request.headers.get("wallet-timestamp", ""))
-        signature = base64.b64decode(request.headers["wallet-signature"], validate=True)
+        wallet_id = parse_id(headers.get("wallet-id", ""))
+        timestamp_ms = int(headers.get("wallet-timestamp", ""))
+        signature = base64.b64decode(headers["wallet-signature"], validate=True)
     except (ValueError, KeyError):
         raise APIError(401, "invalid_wallet_signature", "malformed Wallet-* headers") from None
     now_ms = time.time_ns() // 1_000_000
@@ -99,17 +111,16 @@ async def _signed_wallet(request: Request) -> int:
             f"Wallet-Timestamp is more than {REQUEST_TOLERANCE_MS // 1000} s from the server's "
             "clock; sign the request again",
         )
-    wallets: Wallets = request.app.state.wallets
+    wallets: Wallets = state.wallets
     wallet = wallets.wallet(wallet_id)
     if wallet is None:
         raise APIError(401, "invalid_wallet_signature", "the signature does not verify")
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    message = signing.read_message(request.method, path, timestamp_ms, await request.body())
+    message = signing.read_message(method, path, timestamp_ms, body)
     try:
         signing.verify(wallet.public_key, message, signature)
     except signing.SignatureError:
         raise APIError(401, "invalid_wallet_signature", "the signature does not verify") from None
-    seen: ReplayGuard = request.app.state.seen_requests
+    seen: ReplayGuard = state.seen_requests
     if not seen.first_time(signature, now_ms):
         raise APIError(401, "wallet_request_replayed", "this signed request was already used")
     return wallet_id

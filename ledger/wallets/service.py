@@ -373,7 +373,13 @@ class Wallets:
         loop = asyncio.get_running_loop()
         if not self._ready:
             await loop.run_in_executor(None, self._setup)
-        if len(payments) <= VERIFY_INLINE_MAX:  # cheaper than a hop to a thread and back
+        # A few payments are verified on the event loop (cheaper than a hop to a thread and
+        # back) when their payers' keys are at hand; a key to fetch from the writer would make
+        # the loop, and every other request of this worker, wait for it.
+        inline = len(payments) <= VERIFY_INLINE_MAX and all(
+            self.ledger.knows_wallet_key(p.payer, p.key_version) for p in payments
+        )
+        if inline:
             errors = self.check_payments(payments)
         else:
             errors = await loop.run_in_executor(None, self.check_payments, payments)

@@ -127,12 +127,12 @@ class _Closed:
 
 
 @router.post("/{account_id}/close", response_model=BatchResults)
-async def close_account(
+def close_account(
     account_id: str, principal: CurrentPrincipal, ledger: LedgerDep, reader: ReaderDep
 ) -> JSONResponse:
     """Close an account: no transfer may touch it again. Idempotent."""
     account = visible_account(reader, principal, id_or_404(account_id, "account", "account_id"))
-    result = await ledger.execute(OP_CLOSE_ACCOUNTS, [CloseAccount(account.id)])
+    result = ledger.submit(OP_CLOSE_ACCOUNTS, [CloseAccount(account.id)]).result()
     closed = reader.account_closed(account.id) if result.codes == [0] else None
     seq, timestamp = (closed.seq, closed.entry.timestamp) if closed else (-1, 0)
     return JSONResponse(item_results([_Closed(account.id, seq, timestamp)], result))

@@ -18,18 +18,18 @@ router = APIRouter(prefix="/v1/bank_accounts", tags=["bank accounts"])
 
 
 @router.post("", response_model=BatchResults)
-async def create_bank_account(
+def create_bank_account(
     body: BankAccountCreate, principal: CurrentPrincipal, request: Request
 ) -> Any:
     if principal.is_central_bank:
         raise APIError(403, "permission_denied", "bank accounts are opened by operators")
     wallets: Wallets = request.app.state.wallets
     submitted = wallets.open_bank_account(principal.operator, body.id, body.owner)
-    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+    return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
 @router.post("/{account_id}/deposits", response_model=BatchResults)
-async def create_cash_deposit(
+def create_cash_deposit(
     account_id: str,
     body: MoneyMove,
     principal: CurrentPrincipal,
@@ -43,4 +43,4 @@ async def create_cash_deposit(
         raise APIError(404, "account_not_found", "no such bank account", "account_id")
     wallets: Wallets = request.app.state.wallets
     submitted = wallets.cash_deposit(principal.operator, body.id, target, body.amount)
-    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+    return JSONResponse(item_results(submitted.items, submitted.result()))

@@ -22,35 +22,33 @@ def _wallets(request: Request) -> Wallets:
 
 
 @router.post("/operators", response_model=BatchResults)
-async def create_operator(body: OperatorCreate, principal: CentralBank, request: Request) -> Any:
+def create_operator(body: OperatorCreate, principal: CentralBank, request: Request) -> Any:
     """Authorize an operator: its reserves at the central bank, its e-CNY float and its own side
     of customers' deposits (ids are derived from its name; creating twice is a replay)."""
     submitted = _wallets(request).onboard_operator(body.operator)
-    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+    return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
 @router.post("/operators/{operator}/reserve_deposits", response_model=BatchResults)
-async def create_reserve_deposit(
+def create_reserve_deposit(
     operator: str, body: MoneyMove, principal: CentralBank, request: Request
 ) -> Any:
     submitted = _wallets(request).deposit_reserves(body.id, operator, body.amount)
-    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+    return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
 @router.post("/issuances", response_model=BatchResults)
-async def create_issuance(body: Issuance, principal: CentralBank, request: Request) -> Any:
+def create_issuance(body: Issuance, principal: CentralBank, request: Request) -> Any:
     """Issue e-CNY to an operator's float, against its reserves (which may not go negative)."""
     submitted = _wallets(request).issue(body.id, body.operator, body.amount)
-    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+    return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
 @router.post("/central_bank_redemptions", response_model=BatchResults)
-async def create_central_bank_redemption(
-    body: Issuance, principal: CentralBank, request: Request
-) -> Any:
+def create_central_bank_redemption(body: Issuance, principal: CentralBank, request: Request) -> Any:
     """e-CNY from an operator's float back to its reserves: it leaves circulation."""
     submitted = _wallets(request).redeem_at_central_bank(body.id, body.operator, body.amount)
-    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+    return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
 @router.get("/circulation")

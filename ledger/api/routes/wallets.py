@@ -1,5 +1,10 @@
 """Wallets: open (operator), read (operator or the wallet itself), class, key, settings, KYC
-reveal, sub-wallets, top-ups and redemptions."""
+reveal, sub-wallets, top-ups and redemptions.
+
+Every route here is a plain ``def``, which FastAPI runs in its thread pool: each reads the
+writer's memory (the wallet), the KYC store or the database before or after its write, and in
+an HTTP worker those reads wait on the writer or the disk. On the event loop they would stall
+every other request of the worker meanwhile."""
 
 from __future__ import annotations
 
@@ -41,8 +46,8 @@ def _wallets(request: Request) -> Wallets:
     return wallets
 
 
-async def _answer(submitted: Submitted) -> JSONResponse:
-    return JSONResponse(item_results(submitted.items, await submitted.wait()))
+def _answer(submitted: Submitted) -> JSONResponse:
+    return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
 def _refuse(exc: WalletError) -> APIError:
@@ -51,7 +56,7 @@ def _refuse(exc: WalletError) -> APIError:
 
 
 @router.post("", response_model=BatchResults)
-async def create_wallet(body: WalletCreate, access: AccessDep, request: Request) -> Any:
+def create_wallet(body: WalletCreate, access: AccessDep, request: Request) -> Any:
     """Open a wallet. The key pair was made on the device; only the public key is sent. KYC
     details go to the operator's encrypted store; the journal sees a pseudonymous id."""
     principal = require_operator(access)
@@ -67,14 +72,14 @@ async def create_wallet(body: WalletCreate, access: AccessDep, request: Request)
         )])  # fmt: skip
     except WalletError as exc:
         raise _refuse(exc) from None
-    result = await submitted.wait()
+    result = submitted.result()
     if result.codes[0] == 0 and (0 not in result.replayed or wallets.kyc.get(body.id) is None):
         wallets.kyc.put(body.id, principal.operator, kyc)  # a retry completes a lost write
     return JSONResponse(item_results(submitted.items, result))
 
 
 @router.post("/batch", response_model=BatchResults)
-async def create_wallets(body: WalletBatch, access: AccessDep, request: Request) -> Any:
+def create_wallets(body: WalletBatch, access: AccessDep, request: Request) -> Any:
     """Open up to 1000 wallets in one request (onboarding in bulk), each answered on its own as
     in ``POST /v1/wallets``. A request with any invalid wallet is refused whole (422, ``param``
     names it) before anything is opened."""
@@ -103,7 +108,7 @@ async def create_wallets(body: WalletBatch, access: AccessDep, request: Request)
     if len({w.id for w in body.wallets}) != len(body.wallets):
         raise APIError(422, "duplicate_id", "each wallet in a batch needs its own id", "wallets")
     submitted = wallets.open_wallets(principal.operator, items)
-    result = await submitted.wait()
+    result = submitted.result()
     wallets.kyc.put_many(
         [
             (w.id, principal.operator, w.kyc.fields())
@@ -149,7 +154,7 @@ def list_wallet_entries(
 
 
 @router.post("/{wallet_id}/class", response_model=BatchResults)
-async def change_wallet_class(
+def change_wallet_class(
     wallet_id: str, body: WalletClassChange, access: AccessDep, request: Request
 ) -> Any:
     """Upgrade (more KYC, higher limits) or downgrade; a downgrade below the wallet's balance is
@@ -165,14 +170,14 @@ async def change_wallet_class(
         except WalletError as exc:
             raise _refuse(exc) from None
     update = UpdateWallet(wallet.id, klass=body.wallet_class, reason=body.reason or "class change")
-    result = await wallets.update_wallet(_acting(principal.operator), update).wait()
+    result = wallets.update_wallet(_acting(principal.operator), update).result()
     if result.codes[0] == 0 and kyc:
         wallets.kyc.put(wallet.id, wallet.operator, {**known, **kyc})
     return JSONResponse(item_results([update], result))
 
 
 @router.post("/{wallet_id}/key", response_model=BatchResults)
-async def rotate_wallet_key(
+def rotate_wallet_key(
     wallet_id: str, body: WalletKeyRotation, access: AccessDep, request: Request
 ) -> Any:
     """After re-verifying the owner (lost phone), the operator installs a new public key. The
@@ -182,12 +187,12 @@ async def rotate_wallet_key(
     wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     reason = f"key rotated after re-verification: {body.verification_reference}"
     update = UpdateWallet(wallet.id, public_key=body.public_key, reason=reason)
-    result = await wallets.update_wallet(_acting(principal.operator), update).wait()
+    result = wallets.update_wallet(_acting(principal.operator), update).result()
     return JSONResponse(item_results([update], result))
 
 
 @router.post("/{wallet_id}/settings", response_model=BatchResults)
-async def change_wallet_settings(
+def change_wallet_settings(
     wallet_id: str, body: WalletSettings, access: AccessDep, request: Request
 ) -> Any:
     """The owner (or its operator) turns the reverse waterfall on or off, or links a bank
@@ -202,7 +207,7 @@ async def change_wallet_settings(
     )
     if update.reverse_waterfall == 1 and not (wallet.linked_bank or update.linked_bank > 0):
         raise APIError(422, "linked_bank_required", "reverse waterfall needs a bank account")
-    result = await wallets.update_wallet(None, update).wait()
+    result = wallets.update_wallet(None, update).result()
     return JSONResponse(item_results([update], result))
 
 
@@ -229,7 +234,7 @@ def reveal_wallet_owner(
 
 
 @router.post("/{wallet_id}/sub_wallets", response_model=BatchResults)
-async def create_sub_wallet(
+def create_sub_wallet(
     wallet_id: str, body: SubWalletCreate, access: AccessDep, request: Request
 ) -> Any:
     """Push a sub-wallet to a merchant app: signed by the parent wallet; its own key and limits
@@ -248,11 +253,11 @@ async def create_sub_wallet(
         )  # fmt: skip
     except WalletError as exc:
         raise _refuse(exc) from None
-    return await _answer(submitted)
+    return _answer(submitted)
 
 
 @router.post("/{wallet_id}/close", response_model=BatchResults)
-async def close_sub_wallet(
+def close_sub_wallet(
     wallet_id: str, body: SubWalletClose, access: AccessDep, request: Request, reader: ReaderDep
 ) -> Any:
     """Close a sub-wallet (signed by its parent, or by the operator): its balance returns to
@@ -262,7 +267,7 @@ async def close_sub_wallet(
     if access.wallet_id is not None and access.wallet_id != sub.parent:
         raise APIError(403, "permission_denied", "a sub-wallet is closed by its parent wallet")
     update = UpdateWallet(sub.id, reason=body.reason or "closed by the owner", close_id=body.id)
-    result = await wallets.update_wallet(None, update).wait()
+    result = wallets.update_wallet(None, update).result()
     home = reader.transfer(body.id)  # the transfer that returned the balance, if there was one
     item = Transfer(body.id, 0, 0, 0, 0, 0)
     if home is not None and home.seq is not None:
@@ -271,9 +276,7 @@ async def close_sub_wallet(
 
 
 @router.post("/{wallet_id}/top_ups", response_model=BatchResults)
-async def create_top_up(
-    wallet_id: str, body: MoneyMove, access: AccessDep, request: Request
-) -> Any:
+def create_top_up(wallet_id: str, body: MoneyMove, access: AccessDep, request: Request) -> Any:
     """Bank money for e-CNY: from the wallet's linked bank account, at its operator."""
     principal = require_operator(access)
     wallets = _wallets(request)
@@ -283,11 +286,11 @@ async def create_top_up(
                                    wallet.id, body.amount)  # fmt: skip
     except WalletError as exc:
         raise _refuse(exc) from None
-    return JSONResponse(_named_leg(submitted, await submitted.wait(), 1))
+    return JSONResponse(_named_leg(submitted, submitted.result(), 1))
 
 
 @router.post("/{wallet_id}/redemptions", response_model=BatchResults)
-async def create_redemption(wallet_id: str, body: SignedPaymentIn, request: Request) -> Any:
+def create_redemption(wallet_id: str, body: SignedPaymentIn, request: Request) -> Any:
     """e-CNY back to the linked bank account. The body is a payment signed by the wallet, to
     its operator's float; the signature is the authority, so no API key is needed."""
     wallets = _wallets(request)
@@ -302,7 +305,7 @@ async def create_redemption(wallet_id: str, body: SignedPaymentIn, request: Requ
     except WalletError as exc:
         code = {"signature_invalid": 401, "wallet_key_rotated": 401}.get(exc.code)
         raise (APIError(code, exc.code, str(exc)) if code else _refuse(exc)) from None
-    return JSONResponse(_named_leg(submitted, await submitted.wait(), 0))
+    return JSONResponse(_named_leg(submitted, submitted.result(), 0))
 
 
 def _acting(operator: str) -> str | None:
