@@ -31,6 +31,7 @@ from nacl.signing import SigningKey
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
+from starlette.concurrency import run_in_threadpool
 
 from ledger import signing
 from ledger.domain import (
@@ -474,7 +475,7 @@ class MerchantService:
             raise MerchantError(
                 422, "payment_code_invalid", "not a payment code", "payment_code"
             ) from None
-        wallet = self.wallets.wallet(code.payer)
+        wallet = await run_in_threadpool(self.wallets.wallet, code.payer)  # asks the writer
         if wallet is None or code.key_version != wallet.key_version:
             raise MerchantError(
                 422, "payment_code_invalid", "the code's key is not the wallet's", "payment_code"

@@ -162,18 +162,18 @@ def _final(code: int) -> bool:
 # -- by hand ------------------------------------------------------------------------------------
 
 
-async def settle(ctx: MerchantContext, service: MerchantService, amount: int | None) -> Settlement:
+def settle(ctx: MerchantContext, service: MerchantService, amount: int | None) -> Settlement:
     """Redeem ``amount`` (default: everything available) to the merchant's bank account. The
     answer is final: ``succeeded``, or ``failed`` with the ledger's code (``exceeds_credits``
-    when the wallet holds less than ``amount``)."""
+    when the wallet holds less than ``amount``). It reads the database and the writer's memory
+    and waits for the commit: call it from a thread, not an event loop."""
     merchant = ctx.merchant
     balance = available(service, merchant)
     if balance <= 0:
         raise MerchantError(422, "nothing_to_settle", "the merchant wallet's balance is zero")
     settlement_id = uuid.UUID(new_uuid()).int
     submitted = _redemption(service, merchant, settlement_id, amount or balance, ctx.mode, "manual")
-    result = await submitted.wait()
-    return _outcome(service, settlement_id, result)
+    return _outcome(service, settlement_id, submitted.result())
 
 
 def _outcome(service: MerchantService, settlement_id: int, result: OpResult) -> Settlement:

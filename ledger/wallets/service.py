@@ -117,9 +117,6 @@ class Submitted:
     def result(self, timeout_s: float | None = None) -> OpResult:
         return self.future.result(timeout_s)
 
-    async def wait(self) -> OpResult:
-        return await asyncio.wrap_future(self.future)
-
 
 class WalletError(Exception):
     """A request the wallet layer refuses before it reaches the writer."""

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 
 from ledger.api.errors import id_or_404
 from ledger.api.models import AmountFen
@@ -37,7 +38,7 @@ async def create_settlement(
 
     async def run() -> JSONResponse:
         amount = body.amount if body is not None else None
-        row = await settlements.settle(ctx, service, amount)
+        row = await run_in_threadpool(settlements.settle, ctx, service, amount)
         return JSONResponse(settlements.view(row), status_code=201)
 
     return await idempotent(request, ctx, run)
