@@ -160,6 +160,10 @@ class Outcome:
     rejected: list[Transfer]
     last_timestamp: int
     wallets: list[Wallet] = field(default_factory=list)
+    """Wallets whose record changed (opened, updated, mandates): their whole row is written."""
+    spent: list[Wallet] = field(default_factory=list)
+    """Wallets whose only change is their spending counters (a payment's payer): only those
+    are written, by an UPDATE rather than a whole-row upsert."""
     legs: list[int] = field(default_factory=list)
     """Ids of transfers the writer made itself (waterfall legs), for the sequencer's id filter."""
 
@@ -224,6 +228,7 @@ class Engine:
         self._new_accounts: list[Account] = []
         self._rejected: list[Transfer] = []
         self._touched_wallets: dict[int, Wallet] = {}
+        self._spent_wallets: dict[int, Wallet] = {}
         self._legs: list[int] = []
         self._detail: dict[str, object] | None = None
 
@@ -237,7 +242,7 @@ class Engine:
         first_seq = state.next_seq
         self._entries, self._touched, self._before = [], {}, {}
         self._new_accounts, self._rejected = [], []
-        self._touched_wallets, self._legs = {}, []
+        self._touched_wallets, self._spent_wallets, self._legs = {}, {}, []
         self._expire_due(timestamp)
         results = []
         for op, items, operator in ops:
@@ -269,6 +274,7 @@ class Engine:
             self._rejected,
             state.last_timestamp,
             list(self._touched_wallets.values()),
+            [w for i, w in self._spent_wallets.items() if i not in self._touched_wallets],
             self._legs,
         )
 
@@ -910,7 +916,7 @@ class Engine:
             w.day, w.spent_day = day, 0
         w.spent_day += amount
         w.spent_year += amount
-        self._touched_wallets[w.id] = w
+        self._spent_wallets[w.id] = w
 
     # -- wallet operations (each a journal record; a disbursement too) -------------------------
 

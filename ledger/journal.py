@@ -163,6 +163,10 @@ class BatchRows:
     """(id, result, body, detail JSON or None)"""
     wallets: list[tuple]
     """Wallet rows to upsert (see ``wallet_row``)"""
+    wallet_spending: list[tuple]
+    """(day, spent_day, year, spent_year, id) of wallets that only paid: their spending counters
+    alone are updated (a whole-row upsert per payment cost the database a speculative insertion
+    and twenty columns)"""
     attachments: list[tuple[str, tuple[str, ...], tuple]]
     """(table, columns, values) rows other components asked to commit with the outcome"""
     tiles: list[tuple[int, int, bytes]]
@@ -179,6 +183,7 @@ class BatchRows:
             or self.account_balances
             or self.rejected
             or self.wallets
+            or self.wallet_spending
             or self.attachments
             or self.day_totals
         )
@@ -215,6 +220,9 @@ class Journal:
                 (id_bytes(t.id), t.result, transfer_body(t), _detail(t)) for t in out.rejected
             ],
             wallets=[wallet_row(w) for w in out.wallets],
+            wallet_spending=[
+                (w.day, w.spent_day, w.year, w.spent_year, id_bytes(w.id)) for w in out.spent
+            ],
             attachments=_attachments(out),
             tiles=self.log.take_dirty_tiles(),
             day_totals=daily.rows(days),

@@ -278,6 +278,46 @@ def test_annual_limit_rolls_over_with_the_year(world: World) -> None:
     assert result(world.pay(payer, payee.id, 1_000)) == "ok"
 
 
+def test_spending_counters_are_stored_and_survive_a_restart(
+    world: World, database_url: str, key_file: Path
+) -> None:
+    """A payer's counters are written alone (an UPDATE, not a whole-row upsert): the stored
+    row keeps the wallet's other columns, and a restarted ledger refuses what the limit would."""
+    payer, payee = world.wallet(3, bank=20_000), world.wallet(2, bank=1)  # daily 10,000
+    world.top_up(payer, 20_000)
+    assert result(world.pay(payer, payee.id, 4_000)) == "ok"
+    world.at(START + datetime.timedelta(days=1))
+    assert result(world.pay(payer, payee.id, 5_000)) == "ok"
+    held = world.service.account(payer.int_id)
+    assert held is not None and held.wallet is not None
+    day = held.wallet.day
+    assert (held.wallet.spent_day, held.wallet.spent_year) == (5_000, 9_000)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT day, spent_day, year, spent_year, public_key, key_version, "
+                    "wallet_class FROM wallets WHERE id = :id"
+                ),
+                {"id": uuid.UUID(payer.id).bytes},
+            ).one()
+    finally:
+        engine.dispose()
+    assert tuple(row[:4]) == (day, 5_000, held.wallet.year, 9_000)
+    assert (bytes(row[4]), row[5], row[6]) == (bytes(payer.key.verify_key), 1, 3)
+    world.service.close()
+    reopened = LedgerService.open(database_url, key_file, "test/wallets")
+    try:
+        back = reopened.account(payer.int_id)
+        assert back is not None and back.wallet is not None
+        assert (back.wallet.day, back.wallet.spent_day, back.wallet.spent_year) == (
+            day, 5_000, 9_000
+        )  # fmt: skip
+    finally:
+        reopened.close()
+
+
 def test_default_limits_are_the_pboc_2021_figures(
     database_url: str, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -177,6 +177,10 @@ class Store:
             f"INSERT INTO wallets ({columns}) VALUES ({', '.join([p] * len(WALLET_COLUMNS))}) "
             f"ON CONFLICT (id) DO UPDATE SET {updates}"
         )
+        self._update_spending = (
+            f"UPDATE wallets SET day = {p}, spent_day = {p}, year = {p}, spent_year = {p} "
+            f"WHERE id = {p}"
+        )
         self._upsert_tile = (
             f"INSERT INTO merkle_tiles (level, idx, hashes) VALUES ({p}, {p}, {p}) "
             "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes"
@@ -280,6 +284,19 @@ class Store:
             cur.executemany(self._upsert_tile, rows.tiles)
         if rows.wallets:
             cur.executemany(self._upsert_wallet, rows.wallets)
+        if rows.wallet_spending:
+            if self.sqlite:
+                cur.executemany(self._update_spending, rows.wallet_spending)
+            else:  # one statement for the batch: a statement per wallet costs PostgreSQL an
+                # executor start-up each
+                arrays = [list(c) for c in zip(*rows.wallet_spending, strict=True)]
+                cur.execute(
+                    "UPDATE wallets SET day = v.day, spent_day = v.spent_day, year = v.year, "
+                    "spent_year = v.spent_year FROM unnest(%s::int4[], %s::int8[], %s::int4[], "
+                    "%s::int8[], %s::bytea[]) AS v(day, spent_day, year, spent_year, id) "
+                    "WHERE wallets.id = v.id",
+                    arrays,
+                )
         if rows.day_totals:
             if self.sqlite:
                 cur.executemany(self._add_day, rows.day_totals)
