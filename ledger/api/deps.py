@@ -11,6 +11,7 @@ from ledger.api.errors import APIError
 from ledger.auth import Authenticator, AuthError, Principal
 from ledger.service import Ledger
 from ledger.store.queries import AccountView, Reader
+from ledger.wallets.service import Wallets
 
 _bearer = HTTPBearer(auto_error=False, description="A central-bank or operator API key.")
 
@@ -23,6 +24,13 @@ async def get_ledger(request: Request) -> Ledger:
 async def get_reader(request: Request) -> Reader:
     reader: Reader = request.app.state.reader
     return reader
+
+
+def wallets_of(request: Request) -> Wallets:
+    """The app's wallet layer (a plain call, not a dependency: the routes that use it are
+    called often, and a dependency costs FastAPI a resolution on every request)."""
+    wallets: Wallets = request.app.state.wallets
+    return wallets
 
 
 def get_principal(

@@ -6,13 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ledger.api.deps import CurrentPrincipal, ReaderDep, visible_account
+from ledger.api.deps import CurrentPrincipal, ReaderDep, visible_account, wallets_of
 from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import BankAccountCreate, BatchResults, MoneyMove
 from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results
 from ledger.wallets import codes
-from ledger.wallets.service import Wallets
 
 router = APIRouter(prefix="/v1/bank_accounts", tags=["bank accounts"])
 
@@ -23,7 +22,7 @@ def create_bank_account(
 ) -> Any:
     if principal.is_central_bank:
         raise APIError(403, "permission_denied", "bank accounts are opened by operators")
-    wallets: Wallets = request.app.state.wallets
+    wallets = wallets_of(request)
     submitted = wallets.open_bank_account(principal.operator, body.id, body.owner)
     return JSONResponse(item_results(submitted.items, submitted.result()))
 
@@ -41,6 +40,6 @@ def create_cash_deposit(
     account = visible_account(reader, principal, target)
     if account.code != codes.BANK_DEPOSIT or principal.is_central_bank:
         raise APIError(404, "account_not_found", "no such bank account", "account_id")
-    wallets: Wallets = request.app.state.wallets
+    wallets = wallets_of(request)
     submitted = wallets.cash_deposit(principal.operator, body.id, target, body.amount)
     return JSONResponse(item_results(submitted.items, submitted.result()))

@@ -6,26 +6,20 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ledger.api.deps import CentralBank, ReaderDep
+from ledger.api.deps import CentralBank, ReaderDep, wallets_of
 from ledger.api.models import BatchResults, Issuance, MoneyMove, OperatorCreate
 from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results
 from ledger.wallets import codes
-from ledger.wallets.service import Wallets
 
 router = APIRouter(prefix="/v1", tags=["central bank"])
-
-
-def _wallets(request: Request) -> Wallets:
-    wallets: Wallets = request.app.state.wallets
-    return wallets
 
 
 @router.post("/operators", response_model=BatchResults)
 def create_operator(body: OperatorCreate, principal: CentralBank, request: Request) -> Any:
     """Authorize an operator: its reserves at the central bank, its e-CNY float and its own side
     of customers' deposits (ids are derived from its name; creating twice is a replay)."""
-    submitted = _wallets(request).onboard_operator(body.operator)
+    submitted = wallets_of(request).onboard_operator(body.operator)
     return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
@@ -33,21 +27,21 @@ def create_operator(body: OperatorCreate, principal: CentralBank, request: Reque
 def create_reserve_deposit(
     operator: str, body: MoneyMove, principal: CentralBank, request: Request
 ) -> Any:
-    submitted = _wallets(request).deposit_reserves(body.id, operator, body.amount)
+    submitted = wallets_of(request).deposit_reserves(body.id, operator, body.amount)
     return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
 @router.post("/issuances", response_model=BatchResults)
 def create_issuance(body: Issuance, principal: CentralBank, request: Request) -> Any:
     """Issue e-CNY to an operator's float, against its reserves (which may not go negative)."""
-    submitted = _wallets(request).issue(body.id, body.operator, body.amount)
+    submitted = wallets_of(request).issue(body.id, body.operator, body.amount)
     return JSONResponse(item_results(submitted.items, submitted.result()))
 
 
 @router.post("/central_bank_redemptions", response_model=BatchResults)
 def create_central_bank_redemption(body: Issuance, principal: CentralBank, request: Request) -> Any:
     """e-CNY from an operator's float back to its reserves: it leaves circulation."""
-    submitted = _wallets(request).redeem_at_central_bank(body.id, body.operator, body.amount)
+    submitted = wallets_of(request).redeem_at_central_bank(body.id, body.operator, body.amount)
     return JSONResponse(item_results(submitted.items, submitted.result()))
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from ledger.api.deps import ReaderDep
+from ledger.api.deps import ReaderDep, wallets_of
 from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import (
     BatchResults,
@@ -35,15 +35,10 @@ from ledger.api.views import entry_view, item_results, wallet_view
 from ledger.api.wallet_auth import Access, authenticate, require_operator, wallet_for
 from ledger.domain import LimitSet, Result, Transfer, UpdateWallet
 from ledger.engine import OpResult
-from ledger.wallets.service import SignedPayment, Submitted, WalletError, Wallets, check_kyc
+from ledger.wallets.service import SignedPayment, Submitted, WalletError, check_kyc
 
 router = APIRouter(prefix="/v1/wallets", tags=["wallets"])
 AccessDep = Annotated[Access, Depends(authenticate)]
-
-
-def _wallets(request: Request) -> Wallets:
-    wallets: Wallets = request.app.state.wallets
-    return wallets
 
 
 def _answer(submitted: Submitted) -> JSONResponse:
@@ -62,7 +57,7 @@ def create_wallet(body: WalletCreate, access: AccessDep, request: Request) -> An
     principal = require_operator(access)
     if principal.is_central_bank:
         raise APIError(403, "permission_denied", "wallets are opened by operators")
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     kyc = body.kyc.fields()
     try:
         submitted = wallets.open_wallets(principal.operator, [wallets.wallet_to_open(
@@ -86,7 +81,7 @@ def create_wallets(body: WalletBatch, access: AccessDep, request: Request) -> An
     principal = require_operator(access)
     if principal.is_central_bank:
         raise APIError(403, "permission_denied", "wallets are opened by operators")
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     items = []
     for i, w in enumerate(body.wallets):
         try:
@@ -121,7 +116,7 @@ def create_wallets(body: WalletBatch, access: AccessDep, request: Request) -> An
 
 @router.get("/{wallet_id}")
 def read_wallet(wallet_id: str, access: AccessDep, request: Request, reader: ReaderDep) -> Any:
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     wallet = wallet_for(
         access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"), parent_ok=True
     )
@@ -141,7 +136,7 @@ def list_wallet_entries(
 ) -> Any:
     """The wallet's history, newest first (payments, top-ups, its own records)."""
     wallet = wallet_for(
-        access, _wallets(request), id_or_404(wallet_id, "wallet", "wallet_id"), parent_ok=True
+        access, wallets_of(request), id_or_404(wallet_id, "wallet", "wallet_id"), parent_ok=True
     )
     account = reader.account(wallet.id)
     assert account is not None
@@ -160,7 +155,7 @@ def change_wallet_class(
     """Upgrade (more KYC, higher limits) or downgrade; a downgrade below the wallet's balance is
     refused (``class_downgrade_exceeds_balance``, with the balance and the new cap)."""
     principal = require_operator(access)
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     kyc = body.kyc.fields() if body.kyc else {}
     known = wallets.kyc.get(wallet.id) or {}
@@ -183,7 +178,7 @@ def rotate_wallet_key(
     """After re-verifying the owner (lost phone), the operator installs a new public key. The
     old key stops working at once: the writer refuses payments signed with it."""
     principal = require_operator(access)
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     reason = f"key rotated after re-verification: {body.verification_reference}"
     update = UpdateWallet(wallet.id, public_key=body.public_key, reason=reason)
@@ -197,7 +192,7 @@ def change_wallet_settings(
 ) -> Any:
     """The owner (or its operator) turns the reverse waterfall on or off, or links a bank
     account."""
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     update = UpdateWallet(
         wallet.id,
@@ -218,7 +213,7 @@ def reveal_wallet_owner(
     """Controllable anonymity: who owns a wallet, for the central bank or the wallet's operator,
     with a stated legal basis. The look-up is written to the journal before the answer."""
     principal = require_operator(access)
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     requester = f"{principal.role}:{principal.operator}:{body.requester}"
     try:
@@ -241,7 +236,7 @@ def create_sub_wallet(
     (each no larger than the parent's); it may pay only ``bound_payee`` or return to the parent."""
     if access.wallet_id is None:
         raise APIError(403, "permission_denied", "a sub-wallet is opened by its parent wallet")
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     parent = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     limits = LimitSet(
         body.limits.balance_cap, body.limits.single, body.limits.daily, body.limits.annual
@@ -262,7 +257,7 @@ def close_sub_wallet(
 ) -> Any:
     """Close a sub-wallet (signed by its parent, or by the operator): its balance returns to
     the parent in a transfer with the given id, and the sub-wallet's account is closed."""
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     sub = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"), parent_ok=True)
     if access.wallet_id is not None and access.wallet_id != sub.parent:
         raise APIError(403, "permission_denied", "a sub-wallet is closed by its parent wallet")
@@ -279,7 +274,7 @@ def close_sub_wallet(
 def create_top_up(wallet_id: str, body: MoneyMove, access: AccessDep, request: Request) -> Any:
     """Bank money for e-CNY: from the wallet's linked bank account, at its operator."""
     principal = require_operator(access)
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     wallet = wallet_for(access, wallets, id_or_404(wallet_id, "wallet", "wallet_id"))
     try:
         submitted = wallets.top_up(_acting(principal.operator) or wallet.operator, body.id,
@@ -293,7 +288,7 @@ def create_top_up(wallet_id: str, body: MoneyMove, access: AccessDep, request: R
 def create_redemption(wallet_id: str, body: SignedPaymentIn, request: Request) -> Any:
     """e-CNY back to the linked bank account. The body is a payment signed by the wallet, to
     its operator's float; the signature is the authority, so no API key is needed."""
-    wallets = _wallets(request)
+    wallets = wallets_of(request)
     if body.payer != id_or_404(wallet_id, "wallet", "wallet_id"):
         raise APIError(422, "invalid_payer", "the payer must be the wallet in the path", "payer")
     payment = SignedPayment(
