@@ -32,7 +32,7 @@ from ledger.sequencer import LedgerUnavailable, Overloaded
 from ledger.service import LedgerIdentityError, LedgerService
 from ledger.store.database import is_sqlite, sqlite_path
 from ledger.store.queries import Reader
-from ledger.store.writer import LedgerLockedError
+from ledger.store.writer import LedgerLockedError, _array_literals
 
 CNY = 156
 DR_LIMIT = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
@@ -285,6 +285,29 @@ def test_failed_commit_is_retried_with_the_same_ids(
         again = ledger.create_transfers([pay(401, ALICE, BOB, 10)])
         assert again.codes == [0] and again.replayed == {0}
         assert ledger.sequencer.engine.state.accounts[BOB].balances() == (0, 0, 0, 10)
+
+
+def test_array_literals_round_trip_through_postgresql(postgres_url: str) -> None:
+    """The batch's columns go to PostgreSQL as array literals made by a join: what unnest reads
+    back must be the very integers and bytes sent, at the ends of int8 and for any byte."""
+    rows = [
+        (0, -(2**63), b"\x00" * 16),
+        (2**63 - 1, 7, bytes(range(16))),
+        (-1, 2**31, b"\xff\x5c\x22\x2c\x7b\x7d" + b"\x00" * 10),  # \ " , { } as raw bytes
+    ]
+    literals = _array_literals(rows)
+    assert literals[0] == "{0,9223372036854775807,-1}"
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as conn:
+        back = conn.execute(
+            "SELECT a, b, decode(c, 'hex') FROM unnest(%s::int8[], %s::int8[], %s::text[]) "
+            "AS v(a, b, c)",
+            literals,
+        ).fetchall()
+    assert [(a, b, bytes(c)) for a, b, c in back] == rows
+    for bad in (1.5, None, "1"):  # anything but an integer or bytes is refused, not rounded
+        with pytest.raises((ValueError, TypeError)):
+            _array_literals([(bad,)])
 
 
 def test_proofs_from_the_store_verify_against_signed_checkpoints(

@@ -261,14 +261,14 @@ class Store:
                 with conn.pipeline():
                     self._commit_small(cur, rows)
                     if rows.account_balances:
-                        columns = list(zip(*rows.account_balances, strict=True))
+                        columns = _array_literals(rows.account_balances)
                         cur.execute(
                             "UPDATE accounts SET debits_pending = v.dp, debits_posted = v.dpo, "
                             "credits_pending = v.cp, credits_posted = v.cpo, flags = v.flags "
                             "FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], "
                             "%s::int4[], %s::int8[]) AS v(dp, dpo, cp, cpo, flags, n) "
                             "WHERE accounts.n = v.n",
-                            [list(c) for c in columns],
+                            columns,
                         )
                     conn.commit()
         except BaseException:
@@ -289,20 +289,18 @@ class Store:
                 cur.executemany(self._update_spending, rows.wallet_spending)
             else:  # one statement for the batch: a statement per wallet costs PostgreSQL an
                 # executor start-up each
-                arrays = [list(c) for c in zip(*rows.wallet_spending, strict=True)]
                 cur.execute(
                     "UPDATE wallets SET day = v.day, spent_day = v.spent_day, year = v.year, "
                     "spent_year = v.spent_year FROM unnest(%s::int4[], %s::int8[], %s::int4[], "
-                    "%s::int8[], %s::bytea[]) AS v(day, spent_day, year, spent_year, id) "
-                    "WHERE wallets.id = v.id",
-                    arrays,
+                    "%s::int8[], %s::text[]) AS v(day, spent_day, year, spent_year, id) "
+                    "WHERE wallets.id = decode(v.id, 'hex')",
+                    _array_literals(rows.wallet_spending),
                 )
         if rows.day_totals:
             if self.sqlite:
                 cur.executemany(self._add_day, rows.day_totals)
             else:  # one statement for the batch (its (account, day) pairs are distinct)
-                arrays = [list(c) for c in zip(*rows.day_totals, strict=True)]
-                cur.execute(self._add_days_pg, arrays)
+                cur.execute(self._add_days_pg, _array_literals(rows.day_totals))
         groups: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
         for table, columns, values in rows.attachments:
             groups.setdefault((table, columns), []).append(values)
@@ -513,6 +511,20 @@ def _limits(body: bytes) -> tuple[str, dict[int, LimitSet]]:
     data = json.loads(record.payload)
     classes = {int(k): LimitSet(**v) for k, v in data["classes"].items()}
     return data["version"], classes
+
+
+def _array_literals(rows: list[tuple]) -> list[str]:
+    """The columns of ``rows`` (integers, or bytes sent as hex for ``decode(x, 'hex')``) as
+    PostgreSQL array literals, ``{1,2,3}``, one text parameter each for ``unnest``.
+
+    psycopg dumps a Python list element by element in Python, testing each with a regular
+    expression for quoting: about half of the committer's CPU went there (``cProfile`` over
+    single payments at 96 connections; 500 µs for six columns of 70 integers, against 50 µs
+    joined here). Integers and hex digits never need quoting in an array literal."""
+    return [
+        "{" + ",".join(v.hex() if isinstance(v, bytes) else format(v, "d") for v in column) + "}"
+        for column in zip(*rows, strict=True)
+    ]
 
 
 def _dedicated_connection(engine: Engine) -> Any:
