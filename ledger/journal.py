@@ -165,8 +165,8 @@ class BatchRows:
     """Wallet rows to upsert (see ``wallet_row``)"""
     wallet_spending: list[tuple]
     """(day, spent_day, year, spent_year, id) of wallets that only paid: their spending counters
-    alone are updated (a whole-row upsert per payment cost the database a speculative insertion
-    and twenty columns)"""
+    alone are updated (a whole-row upsert per payment cost the database a conflict check, an
+    executor start-up and twenty columns)"""
     attachments: list[tuple[str, tuple[str, ...], tuple]]
     """(table, columns, values) rows other components asked to commit with the outcome"""
     tiles: list[tuple[int, int, bytes]]
