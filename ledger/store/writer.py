@@ -181,6 +181,20 @@ class Store:
             f"UPDATE wallets SET day = {p}, spent_day = {p}, year = {p}, spent_year = {p} "
             f"WHERE id = {p}"
         )
+        # PostgreSQL takes a batch's balances and spending counters in one statement each, the
+        # columns as arrays (see _array_literals; ids as hex)
+        self._update_accounts_pg = (
+            "UPDATE accounts SET debits_pending = v.dp, debits_posted = v.dpo, "
+            "credits_pending = v.cp, credits_posted = v.cpo, flags = v.flags "
+            "FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int4[], "
+            "%s::int8[]) AS v(dp, dpo, cp, cpo, flags, n) WHERE accounts.n = v.n"
+        )
+        self._update_spending_pg = (
+            "UPDATE wallets SET day = v.day, spent_day = v.spent_day, year = v.year, "
+            "spent_year = v.spent_year FROM unnest(%s::int4[], %s::int8[], %s::int4[], "
+            "%s::int8[], %s::text[]) AS v(day, spent_day, year, spent_year, id) "
+            "WHERE wallets.id = decode(v.id, 'hex')"
+        )
         self._upsert_tile = (
             f"INSERT INTO merkle_tiles (level, idx, hashes) VALUES ({p}, {p}, {p}) "
             "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes"
@@ -261,14 +275,8 @@ class Store:
                 with conn.pipeline():
                     self._commit_small(cur, rows)
                     if rows.account_balances:
-                        columns = _array_literals(rows.account_balances)
                         cur.execute(
-                            "UPDATE accounts SET debits_pending = v.dp, debits_posted = v.dpo, "
-                            "credits_pending = v.cp, credits_posted = v.cpo, flags = v.flags "
-                            "FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], "
-                            "%s::int4[], %s::int8[]) AS v(dp, dpo, cp, cpo, flags, n) "
-                            "WHERE accounts.n = v.n",
-                            columns,
+                            self._update_accounts_pg, _array_literals(rows.account_balances)
                         )
                     conn.commit()
         except BaseException:
@@ -289,13 +297,7 @@ class Store:
                 cur.executemany(self._update_spending, rows.wallet_spending)
             else:  # one statement for the batch: a statement per wallet costs PostgreSQL an
                 # executor start-up each
-                cur.execute(
-                    "UPDATE wallets SET day = v.day, spent_day = v.spent_day, year = v.year, "
-                    "spent_year = v.spent_year FROM unnest(%s::int4[], %s::int8[], %s::int4[], "
-                    "%s::int8[], %s::text[]) AS v(day, spent_day, year, spent_year, id) "
-                    "WHERE wallets.id = decode(v.id, 'hex')",
-                    _array_literals(rows.wallet_spending),
-                )
+                cur.execute(self._update_spending_pg, _array_literals(rows.wallet_spending))
         if rows.day_totals:
             if self.sqlite:
                 cur.executemany(self._add_day, rows.day_totals)
