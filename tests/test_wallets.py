@@ -26,6 +26,7 @@ from ledger.service import LedgerService
 from ledger.store.database import make_engine
 from ledger.verify import verify
 from tests.conftest import app_for, served_app
+from tests.test_api import error
 from tests.test_service import raw_sql
 from tests.test_verify import drop_triggers
 
@@ -456,6 +457,66 @@ def test_forged_tampered_expired_and_replayed_signatures(world: World) -> None:
         },
     )
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "signature"
+
+
+BAD_PAYMENT_FIELDS: dict[str, tuple[dict[str, Any], int, str, str | None]] = {
+    # name: (fields over a valid signed payment, status, code, param)
+    "amount_float": ({"amount": 10.5}, 422, "amount_not_integer", "amount"),
+    "amount_whole_float": ({"amount": 100.0}, 422, "amount_not_integer", "amount"),
+    "amount_string": ({"amount": "100"}, 422, "amount_not_integer", "amount"),
+    "amount_bool": ({"amount": True}, 422, "amount_not_integer", "amount"),
+    "amount_negative": ({"amount": -1}, 422, "invalid_field", "amount"),
+    "unknown_field": ({"memo": "hi"}, 422, "unknown_field", "memo"),
+    "missing_id": ({"id": None}, 422, "missing_field", "id"),
+    "id_not_uuid": ({"id": "pay-1"}, 422, "invalid_field", "id"),
+    "payer_integer": ({"payer": 12345}, 422, "invalid_field", "payer"),
+    "currency_usd": ({"currency": "USD"}, 422, "invalid_field", "currency"),
+    "key_version_zero": ({"key_version": 0}, 422, "invalid_field", "key_version"),
+    "signature_short": ({"signature": b64(b"x" * 63)}, 422, "invalid_field", "signature"),
+    "metadata_value_not_string": ({"metadata": {"n": 1}}, 422, "invalid_field", "metadata.n"),
+}
+RAW_PAYMENT_BODIES: dict[str, tuple[bytes | None, dict[str, str], int, str]] = {
+    # name: (body, or None for a valid payment; headers, status, code)
+    "malformed_json": (b'{"id": ', {"Content-Type": "application/json"}, 400, "invalid_json"),
+    "trailing_garbage": (b"{} x", {"Content-Type": "application/json"}, 400, "invalid_json"),
+    "array": (b"[]", {"Content-Type": "application/json"}, 400, "invalid_json"),
+    "string": (b'"pay"', {"Content-Type": "application/json"}, 400, "invalid_json"),
+    "text_plain": (None, {"Content-Type": "text/plain"}, 400, "invalid_json"),
+    "form_encoded": (b"id=1", {"Content-Type": "application/x-www-form-urlencoded"}, 400,
+                     "invalid_json"),
+    "no_content_type": (None, {}, 400, "invalid_json"),
+    "empty": (b"", {"Content-Type": "application/json"}, 422, "missing_field"),
+    "empty_no_content_type": (b"", {}, 422, "missing_field"),
+}  # fmt: skip
+
+
+def test_bad_payment_bodies_are_refused_and_change_nothing(
+    world: World, subtests: pytest.Subtests
+) -> None:
+    """Every malformed payment gets the one error shape (as every other route answers it) and
+    moves nothing; a JSON payment sent as something else than JSON is not taken either."""
+    payer, payee = world.wallet(bank=10_000), world.wallet()
+    world.top_up(payer, 3_000)
+    before = world.api.get("/v1/checkpoints/latest").json()["tree_size"]
+    for case, (fields, status, code, param) in BAD_PAYMENT_FIELDS.items():
+        with subtests.test(case):
+            body = {**world.payment(payer, payee.id, 100), **fields}
+            body = {k: v for k, v in body.items() if v is not None}
+            err = error(world.api.post("/v1/payments", json=body), status, code, param)
+            if code == "amount_not_integer":
+                assert "integer number of fen" in err["message"]
+    for case, (content, headers, status, code) in RAW_PAYMENT_BODIES.items():
+        with subtests.test(case):
+            if content is None:  # a valid payment, not declared as JSON
+                content = json.dumps(world.payment(payer, payee.id, 100)).encode()
+            answer = world.api.post("/v1/payments", content=content, headers=headers)
+            err = error(answer, status, code, None)
+            assert ("JSON" if status == 400 else "body") in err["message"]
+    with subtests.test("get"):
+        error(world.api.get("/v1/payments"), 405, "method_not_allowed", None)
+    assert world.api.get("/v1/checkpoints/latest").json()["tree_size"] == before
+    assert world.wallet_view(payer)["balance_fen"] == 3_000, "nothing moved"
+    assert result(world.pay(payer, payee.id, 100)) == "ok", "and the route still pays"
 
 
 def test_rotated_key_stops_the_old_one_at_once(world: World) -> None:
