@@ -62,6 +62,14 @@ def create_app(
     for module in routers:
         app.include_router(module.router)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            FastAPI.openapi(app)["paths"].update(payments.OPENAPI_PATHS)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "tree_size": ledger.committed_size(), "origin": ledger.origin}

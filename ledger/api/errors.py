@@ -126,7 +126,7 @@ def _describe(error: dict[str, Any]) -> tuple[int, str, str]:
             "batch_too_large",
             f"at most {BATCH_MAX} {field} per request; split the batch",
         )
-    if tuple(loc) == ("body",) and kind in ("model_attributes_type", "dict_type"):
+    if tuple(loc) == ("body",) and kind in ("model_attributes_type", "model_type", "dict_type"):
         return (
             400,
             "invalid_json",
