@@ -39,10 +39,12 @@ the whole request).
 **Server set-up.** The ledger runs as ``ledger serve`` runs it: the writer process and
 ``--serve-workers`` HTTP worker processes (default: as many as ``ledger serve`` starts here,
 one per core), uvicorn with ``loop`` and ``http`` on ``auto`` (uvloop and httptools). The
-trivial app is measured twice: as one uvicorn process (the framework's ceiling per process,
-the figure the issue quotes) and with as many uvicorn workers as the ledger has HTTP workers
-(the ceiling of the same number of processes). Both ratios are reported; ``ratio`` is to the
-first, ``ratio_same_workers`` to the second.
+trivial app is measured three ways: as one uvicorn process (the framework's ceiling per
+process, the figure the issue quotes); with as many uvicorn workers as the ledger has HTTP
+workers (the ceiling of the same number of processes); and as one process answering from a
+plain route (``ledger.api.plain``), as the ledger serves ``POST /v1/payments``, which skips
+FastAPI's request handling. Each ratio is reported; ``ratio`` is to the first,
+``ratio_same_workers`` to the second, ``ratio_plain_route`` to the third.
 
 **The machine.** wrk (2 threads) runs on the same 2 cores as the server (and, for the ledger,
 its committer process and the database): the figures include the generator's share of the
@@ -255,16 +257,16 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def trivial_server(workdir: Path, workers: int = 1) -> Iterator[str]:
-    """``loadtests.trivial_app`` under uvicorn (``workers`` processes) on a free port; yields
-    its base URL."""
+def trivial_server(workdir: Path, workers: int = 1, plain: bool = False) -> Iterator[str]:
+    """``loadtests.trivial_app`` under uvicorn (``workers`` processes; ``plain``: its plain
+    route) on a free port; yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = workdir / f"trivial-{workers}.log"
+    log = workdir / f"trivial-{workers}{'-plain' if plain else ''}.log"
     command = [sys.executable, "-m", "loadtests.trivial_app", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*command, "--workers", str(workers)],
+            [*command, "--workers", str(workers), *(["--plain"] if plain else [])],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -513,16 +515,17 @@ def _trivial_bodies(workdir: Path) -> Path:
 
 
 def _measure_trivial(
-    base: str, prefix: Path, workers: int, connections: int, duration_s: int, run: int, say: Say
+    base: str, prefix: Path, target: str, connections: int, duration_s: int, run: int, say: Say
 ) -> Measurement:
-    target = trivial_target(workers)
     say(f"{target}: run {run + 1}, {connections} connections, {duration_s} s")
     result = run_wrk(f"{base}/v1/payments", prefix, "trivial", connections, duration_s)
     say(f"  {result.requests_per_s:,.0f} req/s, p99 {result.p99_ms:.1f} ms")
     return Measurement(target, "trivial", None, 1, connections, 1, result, None, run)
 
 
-def trivial_target(workers: int) -> str:
+def trivial_target(workers: int, plain: bool = False) -> str:
+    if plain:
+        return "trivial, plain route"
     return "trivial" if workers == 1 else f"trivial, {workers} workers"
 
 
@@ -631,6 +634,7 @@ def summarise(measurements: list[Measurement], serve_workers: int = 1) -> dict[s
         key = row["target"], row["connections"]
         row["ratio_to_trivial"] = ratio(*key, trivial_target(1))
         row["ratio_same_workers"] = ratio(*key, trivial_target(serve_workers))
+        row["ratio_plain_route"] = ratio(*key, trivial_target(1, plain=True))
         if row["kind"] == "single":
             row["goal"] = f"≥ {TARGET_SINGLE_RATIO:.0%} of trivial, p99 ≤ {TARGET_P99_MS:.0f} ms"
             row["meets_goal"] = bool(
@@ -663,24 +667,26 @@ def server_setup(serve_workers: int) -> dict[str, Any]:
         "why": "as `ledger serve` runs: one writer process (sequencer, engine, journal; a "
         "committer process writes the database) and HTTP worker processes that parse, "
         "validate and verify signatures and hand the writer what passed over a Unix socket; "
-        "the trivial app is measured with one process and with as many as the ledger's workers",
+        "the trivial app is measured with one process, with as many as the ledger's workers, "
+        "and with one process answering from a plain route as the ledger's single payments do",
     }
 
 
 def format_table(summary: dict[str, Any]) -> str:
     head = (
         f"{'target':<22} {'conns':>5} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'payments/s':>11} {'ratio':>6} {'same-w':>6}  goal"
+        f"{'payments/s':>11} {'ratio':>6} {'same-w':>6} {'plain':>6}  goal"
     )
     lines = [head, "-" * len(head)]
     for r in summary["targets"]:
         pay = "-" if r["payments_per_s"] is None else f"{r['payments_per_s']:,.0f}"
         ratio = "-" if r["ratio_to_trivial"] is None else f"{r['ratio_to_trivial']:.2f}"
         same = "-" if r["ratio_same_workers"] is None else f"{r['ratio_same_workers']:.2f}"
+        plain = "-" if r["ratio_plain_route"] is None else f"{r['ratio_plain_route']:.2f}"
         verdict = {True: "met", False: "NOT met", None: ""}[r["meets_goal"]]
         lines.append(
             f"{r['target']:<22} {r['connections']:>5} {r['requests_per_s']:>11,.0f} "
-            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {pay:>11} {ratio:>6} {same:>6}  "
+            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {pay:>11} {ratio:>6} {same:>6} {plain:>6}  "
             f"{r['goal']} {verdict}".rstrip()
         )
     return "\n".join(lines)
@@ -708,7 +714,8 @@ def run(
     with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         trivial = {
-            w: stack.enter_context(trivial_server(workdir, w)) for w in sorted({1, serve_workers})
+            trivial_target(w, plain): stack.enter_context(trivial_server(workdir, w, plain))
+            for w, plain in [*((w, False) for w in sorted({1, serve_workers})), (1, True)]
         }
         trivial_prefix = _trivial_bodies(workdir)
         urls = {"sqlite": f"sqlite:///{workdir / 'sqlite' / 'ledger.db'}"}
@@ -730,12 +737,12 @@ def run(
         for run in range(runs):
             for conns in connections:
                 ceiling = 0.0
-                for workers, base in trivial.items():
+                for target, base in trivial.items():
                     made = _measure_trivial(
-                        base, trivial_prefix, workers, conns, duration_s, run, say
+                        base, trivial_prefix, target, conns, duration_s, run, say
                     )
                     measurements.append(made)
-                    if workers == 1:
+                    if target == trivial_target(1):
                         ceiling = made.wrk.requests_per_s
                 for database, (server, seeded) in ledgers.items():
                     say(f"{database}: run {run + 1}/{runs}, single payments, {conns} connections")
@@ -838,7 +845,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{setup['uvicorn']}, {setup['loop']} + {setup['http']}. payments/s = accepted payments "
         "(ok answers, capped by the tree's growth) per second; ratio = payments/s over the "
         "trivial endpoint's best requests/s in the same run with one process; same-w = with as "
-        "many processes as the ledger's HTTP workers."
+        "many processes as the ledger's HTTP workers; plain = with one process answering from "
+        "a plain route, as the ledger's POST /v1/payments does."
     )
 
 

@@ -7,11 +7,15 @@ same. It then answers a small JSON object: no signature check, no queue, no jour
 database. Whatever a signed, journaled, committed payment costs beyond this endpoint is the
 ledger's own work; ``loadtests.http_bench`` measures both in one run and reports the ratio.
 
+``plain_app`` answers the same way from a plain route (``ledger.api.plain``), as the ledger's own
+``POST /v1/payments`` is served: the same parsing and validation, without FastAPI's request
+handling. ``loadtests.http_bench`` reports the ledger's ratio to both.
+
 It runs under uvicorn with the settings ``ledger serve``'s HTTP workers use (``loop`` and
 ``http`` left at ``auto``, i.e. uvloop and httptools as installed, ``log_level="warning"``), in
 one process or in ``--workers`` processes::
 
-    python -m loadtests.trivial_app --port 8001 [--workers 2]
+    python -m loadtests.trivial_app --port 8001 [--workers 2] [--plain]
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import argparse
 from typing import Final
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from ledger.api.models import SignedPaymentIn, format_id
+from ledger.api.plain import PlainRoute, parse_json_body
 
 PATH: Final = "/v1/payments"
 
@@ -35,9 +41,21 @@ async def create_payment(body: SignedPaymentIn) -> JSONResponse:
     return JSONResponse({"id": format_id(body.id), "result": "ok", "replayed": False})
 
 
-@app.get("/healthz")
+async def create_payment_plain(request: Request) -> JSONResponse:
+    """The same, as a plain route."""
+    content_type = request.headers.get("content-type")
+    body = parse_json_body(SignedPaymentIn, content_type, await request.body())
+    return JSONResponse({"id": format_id(body.id), "result": "ok", "replayed": False})
+
+
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+app.get("/healthz")(healthz)
+plain_app = FastAPI(title="trivial payment endpoint as a plain route")
+plain_app.router.routes.append(Route(PATH, PlainRoute(create_payment_plain), methods=["POST"]))
+plain_app.get("/healthz")(healthz)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,8 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--plain", action="store_true", help="serve plain_app")
     args = parser.parse_args(argv)
-    target = app if args.workers == 1 else "loadtests.trivial_app:app"  # workers import it
+    name = "plain_app" if args.plain else "app"
+    target = globals()[name] if args.workers == 1 else f"loadtests.trivial_app:{name}"
     uvicorn.run(target, host=args.host, port=args.port, log_level="warning", workers=args.workers)
 
 

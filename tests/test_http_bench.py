@@ -92,6 +92,7 @@ def test_summarise_medians_ratio_and_goals() -> None:
         _measurement("trivial", "trivial", 9000, 90000, run=1),
         _measurement("trivial", "trivial", 10000, 100000, run=2),
         _measurement("trivial, 2 workers", "trivial", 12500, 125000, run=0),
+        _measurement("trivial, plain route", "trivial", 10000, 100000, run=0),
         # the accepted count is capped by the tree's growth: 60,000 ok but 50,000 committed
         _measurement("sqlite single", "single", 6000, 60000, committed=50000, run=0),
         _measurement("sqlite batch 100", "batch", 250, 250000, batch_size=100, p99_ms=300.0),
@@ -106,12 +107,13 @@ def test_summarise_medians_ratio_and_goals() -> None:
     # not by the median over runs (9,000)
     assert single["ratio_to_trivial"] == pytest.approx(5000 / 8000, abs=1e-3)
     assert single["ratio_same_workers"] == pytest.approx(5000 / 12500, abs=1e-3)
+    assert single["ratio_plain_route"] == pytest.approx(5000 / 10000, abs=1e-3)
     assert rows["trivial, 2 workers"]["ratio_to_trivial"] == pytest.approx(12500 / 8000, abs=1e-3)
     assert single["meets_goal"] is True  # 0.625 >= 0.6 and p99 10 ms <= 50 ms
     batch = rows["sqlite batch 100"]
     assert batch["payments_per_s"] == 25000 and batch["meets_goal"] is True
     table = hb.format_table(hb.summarise(runs, serve_workers=2))
-    assert "sqlite batch 100" in table and " met" in table
+    assert "sqlite batch 100" in table and " met" in table and "plain" in table
 
 
 def test_ratios_are_the_median_of_each_runs_own_ratio() -> None:
@@ -175,12 +177,14 @@ def test_bodies_are_dealt_round_robin_one_file_per_thread(tmp_path: Path) -> Non
 
 def test_the_trivial_app_parses_what_the_ledger_parses(tmp_path: Path) -> None:
     assert get_type_hints(trivial_app.create_payment)["body"] is SignedPaymentIn
+    plain = [r for r in trivial_app.plain_app.routes if getattr(r, "path", "") == trivial_app.PATH]
+    assert [r.app.endpoint for r in plain] == [trivial_app.create_payment_plain]
     seeded = hb.Seeded([("0190f0a2-7c1e-7b3a-9d2e-000000000001", "11" * 32)],
                        ["0190f0a2-7c1e-7b3a-9d2e-000000000002"])  # fmt: skip
     body = json.loads(hb.sign_payments(seeded, 1)[0])
     SignedPaymentIn.model_validate(body)  # the ledger's own model takes it
-    for workers in (1, 2):
-        with hb.trivial_server(tmp_path, workers) as base:
+    for workers, plain in ((1, False), (2, False), (1, True)):
+        with hb.trivial_server(tmp_path, workers, plain) as base:
             answer = httpx.post(f"{base}/v1/payments", json=body, timeout=10)
             assert answer.status_code == 200, answer.text
             assert answer.json() == {"id": body["id"], "result": "ok", "replayed": False}

@@ -10,16 +10,14 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
-    ValidationError,
     WithJsonSchema,
     field_validator,
 )
@@ -51,41 +49,6 @@ def parse_id(value: Any) -> int:
         return uuid.UUID(value).int
     except ValueError:
         raise ValueError(f"{value!r} is not a UUID string") from None
-
-
-Model = TypeVar("Model", bound=BaseModel)
-
-
-def parse_json_body(model: type[Model], content_type: str | None, body: bytes) -> Model:
-    """A request body as ``model``, read as FastAPI reads a route's body parameter (only a body
-    declared as JSON, ``application/json`` or ``application/*+json``, is JSON; an empty one is
-    missing), but parsed and validated in one step by pydantic-core. Errors are FastAPI's
-    ``RequestValidationError`` with ``body`` leading each location, so they get the API's one
-    error shape."""
-    if not body:
-        missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
-        raise RequestValidationError([missing])
-    media = (content_type or "").partition(";")[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        raise RequestValidationError(
-            [
-                {
-                    "type": "model_attributes_type",
-                    "loc": ("body",),
-                    "msg": "the body is not declared as JSON",
-                    "input": None,
-                }
-            ]
-        )
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        for error in errors:
-            error["loc"] = ("body", *error["loc"])
-        raise RequestValidationError(errors) from None
 
 
 def format_id(value: int) -> str:
