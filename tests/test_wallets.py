@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from ledger import signing
 from ledger.auth import create_api_key
+from ledger.domain import BATCH_MAX
 from ledger.ids import new_uuid
 from ledger.service import LedgerService
 from ledger.store.database import make_engine
@@ -475,6 +476,7 @@ BAD_PAYMENT_FIELDS: dict[str, tuple[dict[str, Any], int, str, str | None]] = {
     "signature_short": ({"signature": b64(b"x" * 63)}, 422, "invalid_field", "signature"),
     "metadata_value_not_string": ({"metadata": {"n": 1}}, 422, "invalid_field", "metadata.n"),
 }
+JSON_HEADERS = {"Content-Type": "application/json"}
 RAW_PAYMENT_BODIES: dict[str, tuple[bytes | None, dict[str, str], int, str]] = {
     # name: (body, or None for a valid payment; headers, status, code)
     "malformed_json": (b'{"id": ', {"Content-Type": "application/json"}, 400, "invalid_json"),
@@ -517,6 +519,42 @@ def test_bad_payment_bodies_are_refused_and_change_nothing(
     assert world.api.get("/v1/checkpoints/latest").json()["tree_size"] == before
     assert world.wallet_view(payer)["balance_fen"] == 3_000, "nothing moved"
     assert result(world.pay(payer, payee.id, 100)) == "ok", "and the route still pays"
+
+
+def test_bad_payment_batches_are_refused_and_change_nothing(
+    world: World, subtests: pytest.Subtests
+) -> None:
+    """A batch is validated whole before anything is verified or queued: one bad payment, an
+    empty or oversize batch, or a body that is not a JSON object refuses all of it."""
+    payer, payee = world.wallet(bank=10_000), world.wallet()
+    world.top_up(payer, 3_000)
+    before = world.api.get("/v1/checkpoints/latest").json()["tree_size"]
+    good = world.payment(payer, payee.id, 100)
+    oversize = [{**good, "id": new_uuid()} for _ in range(BATCH_MAX + 1)]
+    cases: dict[str, tuple[Any, int, str, str | None]] = {
+        "float_in_second": ({"payments": [good, {**good, "amount": 1.0}]}, 422,
+                            "amount_not_integer", "payments.1.amount"),
+        "unknown_field_in_item": ({"payments": [{**good, "memo": "x"}]}, 422, "unknown_field",
+                                  "payments.0.memo"),
+        "empty": ({"payments": []}, 422, "invalid_field", "payments"),
+        "oversize": ({"payments": oversize}, 422, "batch_too_large", "payments"),
+        "receipts_not_bool": ({"payments": [good], "receipts": "yes"}, 422, "invalid_field",
+                              "receipts"),
+        "missing_payments": ({}, 422, "missing_field", "payments"),
+        "array": ([good], 400, "invalid_json", None),
+    }  # fmt: skip
+    for case, (body, status, code, param) in cases.items():
+        with subtests.test(case):
+            error(world.api.post("/v1/payments/batch", json=body), status, code, param)
+    with subtests.test("malformed_json"):
+        answer = world.api.post(
+            "/v1/payments/batch", content=b'{"payments": [', headers=JSON_HEADERS
+        )
+        error(answer, 400, "invalid_json", None)
+    assert world.api.get("/v1/checkpoints/latest").json()["tree_size"] == before
+    assert world.wallet_view(payer)["balance_fen"] == 3_000, "nothing moved"
+    answer = world.post("/v1/payments/batch", {"payments": [good]})
+    assert [r["result"] for r in answer["results"]] == ["ok"]
 
 
 def test_rotated_key_stops_the_old_one_at_once(world: World) -> None:

@@ -120,7 +120,7 @@ def _describe(error: dict[str, Any]) -> tuple[int, str, str]:
             f"amount must be an integer number of fen (1 yuan = 100 fen); got {got!r}. "
             "Floats and strings are not accepted for money.",
         )
-    if kind == "too_long" and field in ("transfers", "accounts"):
+    if kind == "too_long" and field in ("transfers", "accounts", "payments"):
         return (
             422,
             "batch_too_large",

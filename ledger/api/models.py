@@ -374,4 +374,6 @@ class SignedPaymentIn(_Strict):
 
 class PaymentBatch(_Strict):
     payments: list[SignedPaymentIn] = Field(min_length=1, max_length=BATCH_MAX)
-    receipts: bool = Field(default=False, description="Include a receipt for each accepted one.")
+    receipts: bool = Field(
+        default=False, strict=True, description="Include a receipt for each accepted one."
+    )
