@@ -25,10 +25,9 @@ from typing import Final
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.routing import Route
 
 from ledger.api.models import SignedPaymentIn, format_id
-from ledger.api.plain import PlainRoute, parse_json_body
+from ledger.api.plain import PlainPost, parse_json_body
 
 PATH: Final = "/v1/payments"
 
@@ -54,7 +53,9 @@ async def healthz() -> dict[str, str]:
 
 app.get("/healthz")(healthz)
 plain_app = FastAPI(title="trivial payment endpoint as a plain route")
-plain_app.router.routes.append(Route(PATH, PlainRoute(create_payment_plain), methods=["POST"]))
+plain_app.router.routes.append(
+    PlainPost(PATH, create_payment_plain, SignedPaymentIn, "ok", "payments").route()
+)
 plain_app.get("/healthz")(healthz)
 
 

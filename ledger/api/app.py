@@ -64,7 +64,9 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            FastAPI.openapi(app)["paths"].update(payments.OPENAPI_PATHS)
+            document = FastAPI.openapi(app)
+            for route in payments.PLAIN:
+                route.document(document)
         assert app.openapi_schema is not None
         return app.openapi_schema
 

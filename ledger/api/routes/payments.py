@@ -7,16 +7,14 @@ journal entry, its inclusion proof and the signed checkpoint it is in.
 
 from __future__ import annotations
 
-import inspect
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.routing import Route
 
 from ledger.api.deps import ReaderDep, wallets_of
 from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import PaymentBatch, SignedPaymentIn, format_id
-from ledger.api.plain import PlainRoute, parse_json_body
+from ledger.api.plain import PlainPost, parse_json_body
 from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results, receipt
 from ledger.api.wallet_auth import Access, authenticate
@@ -38,9 +36,8 @@ async def create_payment(request: Request) -> JSONResponse:
     """One signed payment. ``result`` is ``ok`` or a code (``exceeds_daily_limit`` with the
     limit and what was allowed, ``signature_invalid``, ``wallet_key_rotated``...); a replayed id
     returns its first answer. Accepted payments carry a receipt."""
-    body = parse_json_body(
-        SignedPaymentIn, request.headers.get("content-type"), await request.body()
-    )
+    content_type = request.headers.get("content-type")
+    body = parse_json_body(SignedPaymentIn, content_type, await request.body())
     wallets = wallets_of(request)
     transfers, result = await wallets.pay([_payment(body)], receipts=True)
     item = item_results(transfers, result)["results"][0]
@@ -51,37 +48,10 @@ async def create_payment(request: Request) -> JSONResponse:
     return JSONResponse(item)
 
 
-# first: Starlette tries routes in order
-router.routes.append(
-    Route("/v1/payments", PlainRoute(create_payment), methods=["POST"], include_in_schema=False)
-)
-OPENAPI_PATHS: Final = {
-    "/v1/payments": {
-        "post": {
-            "tags": ["payments"],
-            "summary": "Create Payment",
-            "description": inspect.cleandoc(create_payment.__doc__ or ""),
-            "operationId": "create_payment_v1_payments_post",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/SignedPaymentIn"}}
-                },
-            },
-            "responses": {
-                "200": {"description": "The payment's result, with its receipt if accepted."},
-                "400": {"description": "The body is not a JSON object."},
-                "422": {"description": "A field is missing or invalid (the error names it)."},
-            },
-        }
-    }
-}
-"""``POST /v1/payments`` in the OpenAPI document (a plain route is not in FastAPI's)."""
-
-
-@router.post("/v1/payments/batch")
-async def create_payments(body: PaymentBatch, request: Request) -> Any:
+async def create_payments(request: Request) -> JSONResponse:
     """Up to 8190 signed payments in one request, each answered on its own (not linked)."""
+    content_type = request.headers.get("content-type")
+    body = parse_json_body(PaymentBatch, content_type, await request.body())
     wallets = wallets_of(request)
     reader: Reader = request.app.state.reader
     transfers, result = await wallets.pay(
@@ -96,6 +66,21 @@ async def create_payments(body: PaymentBatch, request: Request) -> Any:
                     reader, item["seq"], result.tree_size, key, result.committed
                 )
     return JSONResponse(out)
+
+
+PLAIN: Final = (
+    PlainPost(
+        "/v1/payments", create_payment, SignedPaymentIn,
+        "The payment's result, with its receipt if accepted.", "payments",
+    ),
+    PlainPost(
+        "/v1/payments/batch", create_payments, PaymentBatch,
+        "Each payment's result, in order (with receipts if asked).", "payments",
+    ),
+)  # fmt: skip
+"""The busiest routes, served plainly (see ``ledger.api.plain``); first in the router, since
+Starlette tries routes in order."""
+router.routes.extend(p.route() for p in PLAIN)
 
 
 @router.get("/v1/receipts/{transfer_id}")
