@@ -826,6 +826,29 @@ def test_reopening_a_wallet_replays_only_the_same_wallet(world: World) -> None:
     assert world.wallet_view(w)["public_key"] == b64(bytes(w.key.verify_key))
 
 
+def test_wallet_switches_take_only_true_or_false(world: World) -> None:
+    """A JSON bool, not "yes", 1 or "true": pydantic's lax mode would read those as true."""
+    w = world.wallet(bank=1_000)  # a reverse waterfall needs a linked bank account
+    body = {
+        "id": new_uuid(),
+        "class": 4,
+        "public_key": b64(bytes(SigningKey.generate().verify_key)),
+        "kyc": {"phone": "+8613800000000", "name": "Li Lei", "id_number": "110101"},
+    }
+    for loose in ("yes", 1, "true"):
+        opened = world.api.post("/v1/wallets", json={**body, "reverse_waterfall": loose},
+                                headers=world.op)  # fmt: skip
+        error(opened, 422, "invalid_field", "reverse_waterfall")
+        changed = world.api.post(f"/v1/wallets/{w.id}/settings",
+                                 json={"reverse_waterfall": loose}, headers=world.op)  # fmt: skip
+        error(changed, 422, "invalid_field", "reverse_waterfall")
+    assert world.api.get(f"/v1/wallets/{body['id']}", headers=world.op).status_code == 404
+    assert world.wallet_view(w)["reverse_waterfall"] is False
+    answer = world.post(f"/v1/wallets/{w.id}/settings", {"reverse_waterfall": True}, world.op)
+    assert answer["results"][0]["result"] == "ok"
+    assert world.wallet_view(w)["reverse_waterfall"] is True
+
+
 def test_closing_a_sub_wallet_answers_with_the_returning_transfer(world: World) -> None:
     parent, merchant = world.wallet(2, bank=10_000), world.wallet()
     world.top_up(parent, 5_000)

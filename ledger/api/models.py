@@ -305,7 +305,7 @@ class WalletCreate(_Strict):
     public_key: PublicKeyB64
     kyc: Kyc
     linked_bank_account: Id128 | None = None
-    reverse_waterfall: bool = False
+    reverse_waterfall: bool = Field(default=False, strict=True)
 
 
 WALLET_BATCH_MAX: Final = 1000
@@ -330,7 +330,7 @@ class WalletKeyRotation(_Strict):
 
 
 class WalletSettings(_Strict):
-    reverse_waterfall: bool | None = None
+    reverse_waterfall: bool | None = Field(default=None, strict=True)
     linked_bank_account: Id128 | None = None
 
 
