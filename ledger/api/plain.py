@@ -63,20 +63,21 @@ def parse_json_body(model: type[Model], content_type: str | None, body: bytes) -
 
 @dataclass(frozen=True)
 class PlainPost:
-    """A ``POST`` route served plainly: ``endpoint(request) -> Response`` reads its own body
-    (``parse_json_body(body, ...)``) and raises what any route raises. ``route()`` is the
-    Starlette route to put in a router; ``document`` adds the operation, with the body's schema,
-    to an OpenAPI document (FastAPI's lists only its own routes)."""
+    """A ``POST`` route served plainly: its body is parsed as ``body`` (``parse_json_body``),
+    then ``endpoint(request, parsed)`` answers, raising what any route raises. ``route()`` is
+    the Starlette route to put in a router; ``document`` adds the operation, with the body's
+    schema, to an OpenAPI document (FastAPI's lists only its own routes)."""
 
     path: str
-    endpoint: Callable[[Request], Awaitable[Response]]
+    endpoint: Callable[[Request, Any], Awaitable[Response]]
     body: type[BaseModel]
     answer: str
     """What a 200 answer holds, for the document."""
     tag: str
 
     def route(self) -> Route:
-        return Route(self.path, _Asgi(self.endpoint), methods=["POST"], include_in_schema=False)
+        app = _Asgi(self.endpoint, self.body)
+        return Route(self.path, app, methods=["POST"], include_in_schema=False)
 
     def document(self, openapi: dict[str, Any]) -> None:
         schema = self.body.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -99,11 +100,16 @@ class PlainPost:
 
 
 class _Asgi:
-    """An endpoint as the ASGI app Starlette's ``Route`` calls directly."""
+    """An endpoint and its body's model as the ASGI app Starlette's ``Route`` calls directly."""
 
-    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
-        self.endpoint = endpoint
+    def __init__(
+        self, endpoint: Callable[[Request, Any], Awaitable[Response]], body: type[BaseModel]
+    ) -> None:
+        self.endpoint, self.body = endpoint, body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self.endpoint(Request(scope, receive))
+        request = Request(scope, receive)
+        content_type = request.headers.get("content-type")
+        parsed = parse_json_body(self.body, content_type, await request.body())
+        response = await self.endpoint(request, parsed)
         await response(scope, receive, send)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from ledger.api.deps import ReaderDep, wallets_of
 from ledger.api.errors import APIError, id_or_404
 from ledger.api.models import PaymentBatch, SignedPaymentIn, format_id
-from ledger.api.plain import PlainPost, parse_json_body
+from ledger.api.plain import PlainPost
 from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results, receipt
 from ledger.api.wallet_auth import Access, authenticate
@@ -32,12 +32,10 @@ def _payment(p: SignedPaymentIn) -> SignedPayment:
     )  # fmt: skip
 
 
-async def create_payment(request: Request) -> JSONResponse:
+async def create_payment(request: Request, body: SignedPaymentIn) -> JSONResponse:
     """One signed payment. ``result`` is ``ok`` or a code (``exceeds_daily_limit`` with the
     limit and what was allowed, ``signature_invalid``, ``wallet_key_rotated``...); a replayed id
     returns its first answer. Accepted payments carry a receipt."""
-    content_type = request.headers.get("content-type")
-    body = parse_json_body(SignedPaymentIn, content_type, await request.body())
     wallets = wallets_of(request)
     transfers, result = await wallets.pay([_payment(body)], receipts=True)
     item = item_results(transfers, result)["results"][0]
@@ -48,10 +46,8 @@ async def create_payment(request: Request) -> JSONResponse:
     return JSONResponse(item)
 
 
-async def create_payments(request: Request) -> JSONResponse:
+async def create_payments(request: Request, body: PaymentBatch) -> JSONResponse:
     """Up to 8190 signed payments in one request, each answered on its own (not linked)."""
-    content_type = request.headers.get("content-type")
-    body = parse_json_body(PaymentBatch, content_type, await request.body())
     wallets = wallets_of(request)
     reader: Reader = request.app.state.reader
     transfers, result = await wallets.pay(
