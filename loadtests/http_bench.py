@@ -57,7 +57,7 @@ ratio.
 Run::
 
     python -m loadtests.http_bench [--json] [--duration S] [--connections N[,N...]]
-        [--batch-connections N] [--postgres URL|''] [--runs N]
+        [--batch-duration S] [--batch-connections N] [--postgres URL|''] [--runs N]
 """
 
 from __future__ import annotations
@@ -100,11 +100,20 @@ CONNECTIONS: Final = (64, 128)
 """Loads (wrk connections) at which the trivial endpoint and single payments are measured:
 the target is a ratio *with* a p99 bound at that load, and more connections give the writer
 fuller batches (a higher ratio) but longer queues (a higher p99)."""
-BATCH_CONNECTIONS: Final = 4
-"""Batches fill the sequencer's batch on few connections; more only add queueing (measured:
-4, 8 and 16 gave the same payments/s, with p50 growing with the connections)."""
+BATCH_CONNECTIONS: Final = 8
+"""Batches fill the sequencer's batch on few connections, but each connection stays with the
+HTTP worker that accepted it, and with 4 all of them sometimes land on one worker, whose
+event loop then leaves a core partly idle (2026-12-06, SQLite, batches of 1,000, alternating
+runs: 4 connections gave 21,875, 21,625 and 18,875 payments/s, the last with every connection
+on one worker and the machine 84 % busy; 8 gave 22,250, 22,625 and 22,250, 98-99 % busy).
+More connections add only queueing (p50 grows with them)."""
 BATCH_SIZES: Final = (100, 1000)
 DURATION_S: Final = 10
+BATCH_DURATION_S: Final = 20
+"""Seconds per batch run. wrk counts only the answers that come back within the run, and a
+batch of 1,000 takes 0.4 s to answer at 8 connections: the first answers come that late and
+the last 8 batches are cut off, which costs an 8 s run 5 % of its payments/s (measured:
+ok 161,000 against 169,000 committed) and a 20 s run 2 %."""
 PAYERS: Final = 64
 PAYEES: Final = 16
 PAYMENT_FEN: Final = 1
@@ -700,6 +709,7 @@ def run(
     runs: int = 1,
     say: Say = print,
     serve_workers: int = WORKERS_DEFAULT,
+    batch_duration_s: int = BATCH_DURATION_S,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-able report.
 
@@ -762,7 +772,8 @@ def run(
                         f"{batch_connections} connections"
                     )
                     made = _measure_payments(
-                        server, seeded, database, size, batch_connections, duration_s, expected,
+                        server, seeded, database, size, batch_connections, batch_duration_s,
+                        expected,
                         say, run,
                     )  # fmt: skip
                     rates[database][size] = max(made.payments_per_s, 1.0)
@@ -771,6 +782,7 @@ def run(
     report.update(
         {
             "duration_s": duration_s,
+            "batch_duration_s": batch_duration_s,
             "runs": runs,
             "wrk": {"threads": WRK_THREADS, "connections": list(connections),
                     "batch_connections": batch_connections},
@@ -808,6 +820,9 @@ def main(argv: list[str] | None = None) -> None:
         help="loads for the trivial endpoint and single payments (default "
         f"{','.join(map(str, CONNECTIONS))}); each is measured in every run",
     )  # fmt: skip
+    parser.add_argument(
+        "--batch-duration", type=int, default=BATCH_DURATION_S, help="seconds per batch run"
+    )
     parser.add_argument("--batch-connections", type=int, default=BATCH_CONNECTIONS)
     parser.add_argument(
         "--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL server URL; '' to skip"
@@ -818,8 +833,11 @@ def main(argv: list[str] | None = None) -> None:
         help=f"ledger serve's HTTP workers (default {WORKERS_DEFAULT}, as ledger serve here)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if min(args.duration, args.runs, *args.connections, args.batch_connections) < 1:
-        parser.error("--duration, --runs and the connection counts must be at least 1")
+    if min(args.duration, args.batch_duration, args.runs, *args.connections,
+           args.batch_connections) < 1:  # fmt: skip
+        parser.error(
+            "--duration, --batch-duration, --runs and the connection counts must be at least 1"
+        )
     if args.serve_workers < 1:
         parser.error("--serve-workers must be at least 1")
 
@@ -829,7 +847,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         report = run(
             args.duration, args.connections, args.batch_connections, args.postgres or None,
-            args.runs, say, args.serve_workers,
+            args.runs, say, args.serve_workers, args.batch_duration,
         )  # fmt: skip
     except BenchError as exc:
         sys.exit(f"http_bench: {exc}")
@@ -839,7 +857,8 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(report))
     setup = report["server"]
     print(
-        f"\nmedians of {args.runs} run(s) of {args.duration} s; wrk {WRK_THREADS} threads on the "
+        f"\nmedians of {args.runs} run(s) of {args.duration} s ({args.batch_duration} s for "
+        f"batches); wrk {WRK_THREADS} threads on the "
         f"same {os.cpu_count()} cores as the servers and the database (its CPU share is in the "
         f"figures). ledger serve: the writer and {setup['workers']} HTTP workers; uvicorn "
         f"{setup['uvicorn']}, {setup['loop']} + {setup['http']}. payments/s = accepted payments "

@@ -162,6 +162,8 @@ def test_connection_counts_are_read_as_a_list() -> None:
         hb._counts("64,lots")
     with pytest.raises(SystemExit):
         hb.main(["--connections", "0,64"])
+    with pytest.raises(SystemExit):
+        hb.main(["--batch-duration", "0"])
 
 
 def test_bodies_are_dealt_round_robin_one_file_per_thread(tmp_path: Path) -> None:
