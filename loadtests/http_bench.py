@@ -13,8 +13,9 @@ runs):
    sequencer and the engine, is journaled (canonical entry, Merkle tree, signed checkpoint) and
    committed before the answer, which carries the payment's receipt (inclusion proof).
 3. **batch**: the same server, ``POST /v1/payments/batch`` with 100 and 1,000 signed payments
-   per request, on 4 connections (``--batch-connections``): a few batches in flight fill the
-   sequencer's batches; more connections only queue longer.
+   per request, on 8 connections for 20 s (``--batch-connections``, ``--batch-duration``): a
+   few batches in flight fill the sequencer's batches (see ``BATCH_CONNECTIONS`` for why 8, and
+   ``BATCH_DURATION_S`` for why longer than the other runs).
 
 1 and 2 are measured at each load in ``--connections`` (default 64 and 128): the target is a
 throughput ratio with a p99 bound *at that load*, and the load moves the two in opposite ways
