@@ -774,8 +774,7 @@ def run(
                     )
                     made = _measure_payments(
                         server, seeded, database, size, batch_connections, batch_duration_s,
-                        expected,
-                        say, run,
+                        expected, say, run,
                     )  # fmt: skip
                     rates[database][size] = max(made.payments_per_s, 1.0)
                     measurements.append(made)
@@ -859,10 +858,10 @@ def main(argv: list[str] | None = None) -> None:
     setup = report["server"]
     print(
         f"\nmedians of {args.runs} run(s) of {args.duration} s ({args.batch_duration} s for "
-        f"batches); wrk {WRK_THREADS} threads on the "
-        f"same {os.cpu_count()} cores as the servers and the database (its CPU share is in the "
-        f"figures). ledger serve: the writer and {setup['workers']} HTTP workers; uvicorn "
-        f"{setup['uvicorn']}, {setup['loop']} + {setup['http']}. payments/s = accepted payments "
+        f"batches); wrk {WRK_THREADS} threads on the same {os.cpu_count()} cores as the servers "
+        "and the database (its CPU share is in the figures). ledger serve: the writer and "
+        f"{setup['workers']} HTTP workers; uvicorn {setup['uvicorn']}, {setup['loop']} + "
+        f"{setup['http']}. payments/s = accepted payments "
         "(ok answers, capped by the tree's growth) per second; ratio = payments/s over the "
         "trivial endpoint's best requests/s in the same run with one process; same-w = with as "
         "many processes as the ledger's HTTP workers; plain = with one process answering from "
