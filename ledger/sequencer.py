@@ -3,8 +3,9 @@
 Two threads form a pipeline. The *sequencer* thread takes queued requests, as many as fit in
 ``BATCH_MAX`` events (one when traffic is light, so latency stays low; full batches under load),
 prefetches what the engine needs, runs the engine and the journal, and hands the rows on. The
-*committer* thread writes each batch in one database transaction and only then resolves the
-requests' futures: nothing is acknowledged before it is durable. While batch k commits (the
+*committer* thread writes each batch in one database transaction (with any batches already
+waiting behind it: group commit) and only then resolves the requests' futures: nothing is
+acknowledged before it is durable. While batch k commits (the
 database driver releases the GIL), the engine already works on batch k+1.
 
 When the queue is full, ``submit`` raises ``Overloaded`` at once (the API answers 503 with
@@ -55,6 +56,12 @@ moment it arrives would pay a batch's fixed costs (checkpoint signature, round t
 committer, a database transaction) for one or two payments; waiting for more than a few dozen
 leaves the writer idle while the committer works (128 connections of single payments over
 HTTP: 64 gave about 5 % more payments/s than 1,023, in 6 of 6 alternating runs)."""
+COMMIT_GROUP_MAX: Final = PIPELINE_DEPTH + 1
+"""Most batches committed in one database transaction: the committer takes the next prepared
+batch with those already waiting behind it. A transaction's own cost is most of a small batch's
+(SQLite, batches of 100 over HTTP: writing the journal's ~125 entries took 0.7 ms of CPU, the
+COMMIT that follows 1.0-1.35 ms, for the index pages it rewrites and the WAL frames); grouping
+costs no wait, since only batches already prepared are taken."""
 TRANSFER_CACHE_KEEP: Final = 128 * 1024
 """Recent transfers kept in memory (must cover every batch still in flight)."""
 IDLE_WAKE_S: Final = 0.5
@@ -120,7 +127,7 @@ class Sequencer:
         self,
         engine: Engine,
         journal: Journal,
-        commit: Callable[[BatchRows], None],
+        commit: Callable[[list[BatchRows]], None],
         prefetch: Callable[[list[int]], list[Transfer]],
         recover: Callable[[], tuple[Engine, Journal]],
         stored_ids: IdFilter,
@@ -145,6 +152,7 @@ class Sequencer:
         self._on_commit = on_commit
         self.committed_size = journal.log.size
         self.batches_committed = 0
+        self.transactions_committed = 0
         self._threads = [
             threading.Thread(target=self._sequence_loop, name="ledger-sequencer", daemon=True),
             threading.Thread(target=self._commit_loop, name="ledger-committer", daemon=True),
@@ -308,30 +316,56 @@ class Sequencer:
 
     def _commit_loop(self) -> None:
         while True:
-            batch = self._handoff.get()
+            group = self._next_group()
+            batches = [b for b in group if b is not None]
             try:
-                if batch is None:
+                if batches:
+                    self._commit_group(batches)
+                    with self._cond:
+                        self._in_flight -= len(batches)
+                        self._cond.notify()
+                if len(batches) < len(group):  # closing: the sentinel comes last
                     return
-                self._commit_one(batch)
-                with self._cond:
-                    self._in_flight -= 1
-                    self._cond.notify()
             finally:
-                self._handoff.task_done()
+                for _ in group:
+                    self._handoff.task_done()
 
-    def _commit_one(self, batch: _Batch) -> None:
-        if self._failed.is_set() or batch.generation != self._generation:
-            self._fail(batch, LedgerUnavailable("an earlier batch failed to commit; retry"))
+    def _next_group(self) -> list[_Batch | None]:
+        """The next prepared batch, with those already waiting behind it (up to
+        ``COMMIT_GROUP_MAX``): they commit in one transaction."""
+        group = [self._handoff.get()]
+        while group[-1] is not None and len(group) < COMMIT_GROUP_MAX:
+            try:
+                group.append(self._handoff.get_nowait())
+            except queue.Empty:
+                break
+        return group
+
+    def _commit_group(self, batches: list[_Batch]) -> None:
+        live = []
+        for batch in batches:
+            if self._failed.is_set() or batch.generation != self._generation:
+                self._fail(batch, LedgerUnavailable("an earlier batch failed to commit; retry"))
+            else:
+                live.append(batch)
+        if not live:
             return
         try:
-            self._commit(batch.rows)
+            self._commit([batch.rows for batch in live])
         except Exception as exc:
             log.exception("commit failed; the writer will reload its state")
             self._failed.set()
-            self._fail(batch, LedgerUnavailable(f"commit failed: {exc}"))
+            for batch in live:
+                self._fail(batch, LedgerUnavailable(f"commit failed: {exc}"))
             with self._cond:
                 self._cond.notify()  # wake the sequencer so it recovers promptly
             return
+        self.transactions_committed += 1
+        for batch in live:
+            self._resolve(batch)
+
+    def _resolve(self, batch: _Batch) -> None:
+        """Answer a committed batch's requests."""
         signed = batch.rows.checkpoint
         committed = None
         if signed is not None:

@@ -25,10 +25,10 @@ from ledger.domain import (
     Transfer,
     TransferFlags,
 )
-from ledger.engine import OP_CREATE_TRANSFERS
+from ledger.engine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS
 from ledger.ids import new_id
 from ledger.keys import KeyFileError
-from ledger.sequencer import LedgerUnavailable, Overloaded
+from ledger.sequencer import PREPARE_AHEAD_EVENTS, LedgerUnavailable, Overloaded
 from ledger.service import LedgerIdentityError, LedgerService
 from ledger.store.database import is_sqlite, sqlite_path
 from ledger.store.queries import Reader
@@ -239,6 +239,43 @@ def test_requests_that_wait_for_a_commit_share_the_next_batch(
         assert all(r.codes == [0] for r in results)
         assert ledger.sequencer.batches_committed - before == 2
         assert len({r.tree_size for r in results[1:]}) == 1, "the forty share one checkpoint"
+
+
+def test_batches_prepared_during_a_commit_commit_together_in_order(
+    database_url: str, key_file: Path
+) -> None:
+    """Group commit in the committer: batches the writer prepared while a commit was in hand
+    go to the database in one transaction, in their order, so a later batch may pay into
+    accounts an earlier one opened; each keeps its own checkpoint, and a restart reads back
+    what was answered."""
+    n = PREPARE_AHEAD_EVENTS  # a request this big is prepared at once, as a batch of its own
+    with open_ledger(database_url, key_file) as ledger:
+        seed(ledger)
+        sequencer = ledger.sequencer
+        batches, transactions = sequencer.batches_committed, sequencer.transactions_committed
+        with stalled_database(database_url):
+            first = ledger.submit(OP_CREATE_TRANSFERS, [pay(900, ISSUER, BOB, 1)])
+            time.sleep(0.5)  # the first batch is now in the committer, waiting for the lock
+            opened = ledger.submit(
+                OP_CREATE_ACCOUNTS, [Account(1000 + i, CNY, 2) for i in range(n)]
+            )
+            time.sleep(0.3)  # prepared, waiting behind the first
+            paid = ledger.submit(
+                OP_CREATE_TRANSFERS, [pay(5000 + i, ISSUER, 1000 + i, 7) for i in range(n)]
+            )
+            time.sleep(0.3)
+        results = [f.result(timeout=60) for f in (first, opened, paid)]
+        assert [set(r.codes) for r in results] == [{0}, {0}, {0}]
+        assert sequencer.batches_committed - batches == 3
+        assert sequencer.transactions_committed - transactions == 2, "the last two together"
+        sizes = [r.tree_size for r in results]
+        assert sizes[0] < sizes[1] < sizes[2], "each batch answered with its own checkpoint"
+        reader = Reader(ledger.store.engine, ledger.origin)
+        assert all(reader.checkpoint_at(size) is not None for size in sizes)
+    with open_ledger(database_url, key_file) as ledger:
+        accounts = ledger.sequencer.engine.state.accounts
+        assert [accounts[1000 + i].balances()[3] for i in range(n)] == [7] * n
+        assert ledger.sequencer.committed_size == sizes[2]
 
 
 @pytest.mark.parametrize(

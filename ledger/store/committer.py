@@ -85,14 +85,16 @@ class Committer:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def commit(self, rows: BatchRows) -> None:
-        if rows.is_empty():
+    def commit(self, batches: list[BatchRows]) -> None:
+        """Commit ``batches`` in one transaction (all or none), in order."""
+        batches = [rows for rows in batches if not rows.is_empty()]
+        if not batches:
             return
         if self._conn is None:
             raise CommitFailed("the committer is not running")
         try:
             # plain pickle: multiprocessing's own pickler copies its dispatch table per message
-            self._conn.send_bytes(pickle.dumps(rows, pickle.HIGHEST_PROTOCOL))
+            self._conn.send_bytes(pickle.dumps(batches, pickle.HIGHEST_PROTOCOL))
             error = self._conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
             raise CommitFailed(f"the committer process died: {exc!r}") from None
@@ -146,13 +148,13 @@ def _main(url: str, conn: Connection, extra_migrations: Sequence[str] = ()) -> N
 def _serve(store: Store, conn: Connection) -> None:
     while True:
         try:
-            rows = conn.recv()
+            batches = conn.recv()
         except EOFError:  # the parent is gone: stop, releasing the lock
             return
-        if rows is None:
+        if batches is None:
             return
         try:
-            store.commit(rows)
+            store.commit(batches)
         except Exception as exc:
             conn.send(f"{type(exc).__name__}: {exc}")
             continue

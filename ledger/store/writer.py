@@ -222,25 +222,26 @@ class Store:
 
     # -- the hot path: one transaction per batch ------------------------------------------------
 
-    def commit(self, rows: BatchRows) -> None:
-        if rows.is_empty():
-            return
+    def commit(self, batches: list[BatchRows]) -> None:
+        """Write ``batches`` in one transaction, each batch's rows in turn (a later batch may
+        update an account an earlier one created)."""
         if self._write is None:
             self._write = _dedicated_connection(self.engine)
         if self.sqlite:
-            self._commit_sqlite(rows)
+            self._commit_sqlite(batches)
         else:
-            self._commit_postgres(rows)
+            self._commit_postgres(batches)
 
-    def _commit_sqlite(self, rows: BatchRows) -> None:
+    def _commit_sqlite(self, batches: list[BatchRows]) -> None:
         cur = self._write.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            if rows.entries:
-                cur.executemany(self._insert_entry, rows.entries)
-            self._commit_small(cur, rows)
-            if rows.account_balances:
-                cur.executemany(self._update_account, rows.account_balances)
+            for rows in batches:
+                if rows.entries:
+                    cur.executemany(self._insert_entry, rows.entries)
+                self._commit_small(cur, rows)
+                if rows.account_balances:
+                    cur.executemany(self._update_account, rows.account_balances)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -248,11 +249,11 @@ class Store:
         finally:
             cur.close()
 
-    def _commit_postgres(self, rows: BatchRows) -> None:
+    def _commit_postgres(self, batches: list[BatchRows]) -> None:
         conn = self._write
         try:
             with conn.cursor() as cur:
-                if rows.entries:
+                if any(rows.entries for rows in batches):
                     with cur.copy("COPY journal_entries FROM STDIN (FORMAT BINARY)") as copy:
                         copy.set_types(
                             [
@@ -267,17 +268,19 @@ class Store:
                                 "bytea",
                             ]
                         )
-                        for row in rows.entries:
-                            copy.write_row(row)
+                        for rows in batches:
+                            for row in rows.entries:
+                                copy.write_row(row)
                 # The rest, and the commit, in one round trip (COPY cannot be pipelined): one
                 # round trip a statement cost more than the statements on a busy machine (single
                 # payments over HTTP, 96 connections: a batch's commit took 6.9 ms, now 5.9).
                 with conn.pipeline():
-                    self._commit_small(cur, rows)
-                    if rows.account_balances:
-                        cur.execute(
-                            self._update_accounts_pg, _array_literals(rows.account_balances)
-                        )
+                    for rows in batches:
+                        self._commit_small(cur, rows)
+                        if rows.account_balances:
+                            cur.execute(
+                                self._update_accounts_pg, _array_literals(rows.account_balances)
+                            )
                     conn.commit()
         except BaseException:
             conn.rollback()
