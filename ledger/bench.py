@@ -3,8 +3,8 @@
 * ``engine_tps``: the pure engine alone (validation, balances, undo, zero-sum check).
 * ``sqlite_tps`` / ``postgres_tps``: the whole write path through ``LedgerService``: queue,
   sequencer, engine, journal (canonical bytes, Merkle tree, signed checkpoint per batch) and one
-  committed database transaction per batch. Timed from the first submit to the last
-  acknowledgement, so nothing is counted before it is durable.
+  committed database transaction per batch (or per group of batches waiting together). Timed
+  from the first submit to the last acknowledgement, so nothing is counted before it is durable.
 * ``hot_account_*``: the same, with every transfer crediting one merchant account.
 * ``signed_sqlite_tps``: wallet payments, each signed by its payer's Ed25519 key and verified
   before the writer (two threads: PyNaCl releases the GIL), with limits and caps checked, on

@@ -5,8 +5,8 @@ Two threads form a pipeline. The *sequencer* thread takes queued requests, as ma
 prefetches what the engine needs, runs the engine and the journal, and hands the rows on. The
 *committer* thread writes each batch in one database transaction (with any batches already
 waiting behind it: group commit) and only then resolves the requests' futures: nothing is
-acknowledged before it is durable. While batch k commits (the
-database driver releases the GIL), the engine already works on batch k+1.
+acknowledged before it is durable. While batch k commits (the database driver releases the
+GIL), the engine already works on batch k+1.
 
 When the queue is full, ``submit`` raises ``Overloaded`` at once (the API answers 503 with
 Retry-After); a request that was accepted into the queue is never dropped: ``close`` drains it.
@@ -57,11 +57,11 @@ committer, a database transaction) for one or two payments; waiting for more tha
 leaves the writer idle while the committer works (128 connections of single payments over
 HTTP: 64 gave about 5 % more payments/s than 1,023, in 6 of 6 alternating runs)."""
 COMMIT_GROUP_MAX: Final = PIPELINE_DEPTH + 1
-"""Most batches committed in one database transaction: the committer takes the next prepared
-batch with those already waiting behind it. A transaction's own cost is most of a small batch's
-(SQLite, batches of 100 over HTTP: writing the journal's ~125 entries took 0.7 ms of CPU, the
-COMMIT that follows 1.0-1.35 ms, for the index pages it rewrites and the WAL frames); grouping
-costs no wait, since only batches already prepared are taken."""
+"""At most this many batches share one database transaction: the committer takes the next
+prepared batch with those already waiting behind it. A transaction's own cost is most of a
+small batch's (SQLite, batches of 100 over HTTP: writing the journal's ~125 entries took 0.7 ms
+of CPU, the COMMIT that follows 1.0-1.35 ms, for the index pages it rewrites and the WAL
+frames); grouping costs no wait, since only batches already prepared are taken."""
 TRANSFER_CACHE_KEEP: Final = 128 * 1024
 """Recent transfers kept in memory (must cover every batch still in flight)."""
 IDLE_WAKE_S: Final = 0.5

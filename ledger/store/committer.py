@@ -1,4 +1,4 @@
-"""The committer process: writes each batch in one database transaction, in a process of its own.
+"""The committer process: writes batches in database transactions, in a process of its own.
 
 Why a process: the sequencer's work (engine, canonical bytes, hashing) is Python, and the
 database drivers re-take the GIL around every row they write. In one interpreter the two stages

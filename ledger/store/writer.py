@@ -1,4 +1,5 @@
-"""The writer's side of storage: the single-writer lock, one transaction per batch, recovery.
+"""The writer's side of storage: the single-writer lock, one transaction per group of batches,
+recovery.
 
 The hot path talks to the driver directly (sqlite3 ``executemany``; psycopg binary ``COPY``):
 measured here, SQLAlchemy's per-row overhead would cost more than the database itself. Everything
@@ -220,7 +221,7 @@ class Store:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    # -- the hot path: one transaction per batch ------------------------------------------------
+    # -- the hot path: one transaction per group of batches --------------------------------------
 
     def commit(self, batches: list[BatchRows]) -> None:
         """Write ``batches`` in one transaction, each batch's rows in turn (a later batch may
