@@ -74,9 +74,8 @@ PLAIN: Final = (
         "Each payment's result, in order (with receipts if asked).", "payments",
     ),
 )  # fmt: skip
-"""The busiest routes, served plainly (see ``ledger.api.plain``); first in the router, since
-Starlette tries routes in order."""
-router.routes.extend(p.route() for p in PLAIN)
+"""The busiest routes, served plainly (see ``ledger.api.plain``). ``create_app`` puts them
+first in the app's own router, ahead of every included router."""
 
 
 @router.get("/v1/receipts/{transfer_id}")
