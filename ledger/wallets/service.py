@@ -1,9 +1,10 @@
 """The e-CNY model as operations: issuance, bank accounts, wallets, top-ups, signed payments.
 
 Everything here turns a request into engine operations and submits them through the one writer;
-nothing here writes balances. Payment signatures are checked here, before the writer, on a
-thread pool (PyNaCl releases the GIL, so two cores verify in parallel); the engine then checks,
-in sequence, that the key version is still current and the signature not yet expired.
+nothing here writes balances. Payment signatures are checked here, before the writer: on the
+event loop for up to ``VERIFY_INLINE_MAX`` payments whose payers' keys are at hand, otherwise on
+a thread pool (PyNaCl releases the GIL, so two cores verify in parallel); the engine then
+checks, in sequence, that the key version is still current and the signature not yet expired.
 """
 
 from __future__ import annotations
