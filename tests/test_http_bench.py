@@ -236,3 +236,34 @@ def test_presigned_payments_are_each_accepted_once(
         assert again.status_code == 200 and hb.OK_MARK not in again.text
         assert again.json()["replayed"] is True
     assert hb.tree_size(server.base) - before == 250
+
+
+def test_ledger_rows_are_read_against_each_runs_verification_ceiling() -> None:
+    runs = [
+        _measurement("trivial", "trivial", 8000, 80000, run=0),
+        _measurement("sqlite batch 100", "batch", 200, 200000, batch_size=100, run=0),
+        _measurement("trivial", "trivial", 8000, 80000, run=1),
+        _measurement("sqlite batch 100", "batch", 150, 150000, batch_size=100, run=1),
+        _measurement("trivial", "trivial", 8000, 80000, run=2),
+        _measurement("sqlite batch 100", "batch", 120, 120000, batch_size=100, run=2),
+    ]
+    # run 0: 20,000/s against 2 × 25,000; run 1: 15,000 against 2 × 10,000; run 2: 12,000
+    # against 2 × 20,000: shares 0.40, 0.75 and 0.30, median 0.40 (the median of the rates
+    # over the median ceiling would be 15,000 / 40,000 = 0.375)
+    summary = hb.summarise(runs, 1, {0: 25_000.0, 1: 10_000.0, 2: 20_000.0}, cores=2)
+    rows = {r["target"]: r for r in summary["targets"]}
+    assert rows["sqlite batch 100"]["share_of_verify_ceiling"] == pytest.approx(0.40, abs=1e-3)
+    assert rows["trivial"]["share_of_verify_ceiling"] is None
+    assert summary["ed25519"]["verify_us"] == 50.0  # the median rate, 20,000/s on one core
+    assert summary["ed25519"]["verify_ceiling_per_s"] == 40_000
+    assert "verify" in hb.format_table(summary)
+    # without the machine's figure, no share and no block
+    plain = hb.summarise(runs, 1)
+    assert "ed25519" not in plain
+    assert all(r["share_of_verify_ceiling"] is None for r in plain["targets"])
+
+
+def test_verify_rate_times_the_servers_own_check() -> None:
+    rate = hb.verify_rate(samples=50)
+    # a real verification: far fewer than a million a second on one core, and some at all
+    assert 100 < rate < 1_000_000
