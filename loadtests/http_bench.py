@@ -667,12 +667,16 @@ def summarise(
     to what it does at 64."""
     rows = _median_rows(measurements)
 
-    def ratio(target: str, connections: int, ceiling_target: str) -> float | None:
-        """The median over runs of the target's rate over the ceiling's in the same run."""
+    def best_of(ceiling_target: str) -> dict[int, float]:
+        """Each run's best rate of ``ceiling_target``, over the loads it was measured at."""
         ceilings: dict[int, float] = {}
         for m in measurements:
             if m.target == ceiling_target:
                 ceilings[m.run] = max(ceilings.get(m.run, 0.0), _rate(m))
+        return ceilings
+
+    def ratio(target: str, connections: int, ceilings: dict[int, float]) -> float | None:
+        """The median over runs of the target's rate over the ceiling of the same run."""
         ratios = [
             _rate(m) / ceilings[m.run]
             for m in measurements
@@ -680,18 +684,18 @@ def summarise(
         ]
         return round(statistics.median(ratios), 3) if ratios else None
 
+    trivial = best_of(trivial_target(1))
+    same_workers = best_of(trivial_target(serve_workers))
+    plain_route = best_of(trivial_target(1, plain=True))
+    verify_ceilings = {run: cores * rate for run, rate in (verify_per_s or {}).items()}
     for row in rows:
         key = row["target"], row["connections"]
-        row["ratio_to_trivial"] = ratio(*key, trivial_target(1))
-        row["ratio_same_workers"] = ratio(*key, trivial_target(serve_workers))
-        row["ratio_plain_route"] = ratio(*key, trivial_target(1, plain=True))
-        shares = [
-            m.payments_per_s / (cores * verify_per_s[m.run])
-            for m in measurements
-            if (m.target, m.connections) == key and m.kind != "trivial"
-            and verify_per_s and verify_per_s.get(m.run)
-        ]  # fmt: skip
-        row["share_of_verify_ceiling"] = round(statistics.median(shares), 3) if shares else None
+        row["ratio_to_trivial"] = ratio(*key, trivial)
+        row["ratio_same_workers"] = ratio(*key, same_workers)
+        row["ratio_plain_route"] = ratio(*key, plain_route)
+        row["share_of_verify_ceiling"] = (
+            ratio(*key, verify_ceilings) if row["kind"] != "trivial" else None
+        )
         if row["kind"] == "single":
             row["goal"] = f"≥ {TARGET_SINGLE_RATIO:.0%} of trivial, p99 ≤ {TARGET_P99_MS:.0f} ms"
             row["meets_goal"] = bool(
