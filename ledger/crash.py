@@ -92,32 +92,48 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) from /proc, or None when the process is gone."""
+def _proc_stat(pid: int, task: int | None = None) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or of one of its threads, from /proc; None when it
+    is gone."""
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(path).read_text()
     except OSError:
         return None
     fields = raw[raw.rfind(")") + 2 :].split()
     return fields[0], int(fields[1])
 
 
-def _children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (Linux /proc; elsewhere none are found)."""
-    found = []
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and those they started, and so on: a server's HTTP
+    workers, its committer launcher and committers (Linux /proc; elsewhere none are found)."""
+    children: dict[int, list[int]] = {}
     with suppress(OSError):
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 stat = _proc_stat(int(entry.name))
-                if stat is not None and stat[1] == pid:
-                    found.append(int(entry.name))
+                if stat is not None:
+                    children.setdefault(stat[1], []).append(int(entry.name))
+    found: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
     return found
 
 
 def _alive(pid: int) -> bool:
+    """Whether any thread of ``pid`` still runs. A process whose main thread has exited is a
+    zombie while its other threads finish, and its files (a listening socket, a lock) close
+    only with the last of them."""
     if Path("/proc").is_dir():
-        stat = _proc_stat(pid)
-        return stat is not None and stat[0] not in ("Z", "X")
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return False
+        states = (_proc_stat(pid, int(t)) for t in tasks)
+        return any(stat is not None and stat[0] not in ("Z", "X") for stat in states)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -194,11 +210,12 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def kill(self, committer: bool = False) -> None:
-        """SIGKILL the server (and, with ``committer``, its committer process in the same
-        instant); return once both are gone. A committer left alive finishes the commit in hand
-        and exits when its pipe closes, releasing the writer lock the next start needs."""
+        """SIGKILL the server (and, with ``committer``, every process it started, its committer
+        among them, in the same instant); return once all are gone. A committer left alive
+        finishes the commit in hand and exits when its pipe closes, releasing the writer lock
+        the next start needs."""
         assert self.proc is not None
-        children = _children(self.proc.pid)
+        children = descendants(self.proc.pid)
         self.proc.send_signal(signal.SIGKILL)
         if committer:
             for pid in children:
@@ -210,7 +227,7 @@ class ServeProcess:
     def stop(self) -> None:
         """SIGTERM (a clean shutdown: everything accepted is processed), then wait."""
         if self.proc is not None and self.proc.poll() is None:
-            children = _children(self.proc.pid)
+            children = descendants(self.proc.pid)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
@@ -493,7 +510,7 @@ class _Harness:
         try:
             output, _ = proc.communicate(timeout=SERVE_TIMEOUT_S + 30)
         except subprocess.TimeoutExpired:
-            children = _children(proc.pid)
+            children = descendants(proc.pid)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
             _wait_gone(children, ORPHAN_WAIT_S)

@@ -22,19 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from ledger.crash import ServeProcess
+from ledger.crash import ServeProcess, descendants
 
 FLAT_WITHIN: Final = 0.20
 SAMPLE_S: Final = 5.0
 WARM_UP_S: Final = 60.0
-
-
-def descendants(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in task.read_text().split():
-            found += [int(child), *descendants(int(child))]
-    return found
 
 
 def own_rss(pid: int) -> int:
@@ -46,7 +38,8 @@ def own_rss(pid: int) -> int:
 
 
 def rss_bytes(pid: int) -> dict[str, int]:
-    """Resident memory in bytes of the writer (``pid``), its committer and its HTTP workers."""
+    """Resident memory in bytes of the writer (``pid``), its committer (with the launcher it
+    was forked from) and its HTTP workers."""
     out = {"writer": own_rss(pid), "committer": 0, "workers": 0}
     for child in descendants(pid):
         try:

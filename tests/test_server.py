@@ -20,7 +20,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from ledger import signing
-from ledger.crash import ServeProcess, _alive, _children, free_port, serving
+from ledger.crash import ServeProcess, _alive, descendants, free_port, serving
 from loadtests import http_bench
 
 Server = ServeProcess
@@ -32,7 +32,7 @@ def workers_of(server: ServeProcess) -> list[int]:
     assert server.proc is not None
     return [
         pid
-        for pid in _children(server.proc.pid)
+        for pid in descendants(server.proc.pid)
         if b"ledger.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -407,10 +408,13 @@ def test_a_killed_committer_is_restarted_and_nothing_is_lost(
 ) -> None:
     with open_ledger(database_url, key_file) as ledger:
         seed(ledger)
-        proc = ledger.committer._proc
-        assert proc is not None
-        os.kill(proc.pid, 9)
-        proc.wait(10)
+        pid = ledger.committer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while ledger.committer.alive():
+            assert time.monotonic() < deadline, "a SIGKILLed committer still looks alive"
+            time.sleep(0.01)
         with pytest.raises(LedgerUnavailable, match="committer process died"):
             ledger.create_transfers([pay(501, ALICE, BOB, 10)])
         deadline = time.monotonic() + 30
@@ -422,7 +426,7 @@ def test_a_killed_committer_is_restarted_and_nothing_is_lost(
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         assert out.codes == [0] and ledger.committer.alive()
-        assert ledger.committer._proc is not None and ledger.committer._proc.pid != proc.pid
+        assert ledger.committer.pid not in (None, pid)
         assert ledger.sequencer.engine.state.accounts[BOB].balances() == (0, 0, 0, 10)
     with open_ledger(database_url, key_file) as ledger:
         assert ledger.sequencer.engine.state.accounts[BOB].balances() == (0, 0, 0, 10)

@@ -9,16 +9,32 @@ The committer is the writer: it holds the single-writer lock and the only write 
 parent sends ``BatchRows`` over a pipe and waits for the answer before acknowledging anything.
 If the parent dies, the committer finishes the commit in hand, sees the pipe close and exits,
 releasing the lock; a restarted server's committer waits for that (``LOCK_WAIT_S``).
+
+How it starts: a process that opens ledgers has one *launcher*, a fresh interpreter
+(``python -m ledger.store.committer``) that imports the committer's code and runs its
+migrations once on a scratch database, then forks a committer for each ledger opened. A fresh
+interpreter, not a fork of the caller: no fork of a threaded process, no copy of the caller's
+heap, no re-import of its ``__main__``. Forked from the warm launcher, a committer is ready in
+tens of milliseconds instead of half a second or more (the interpreter, SQLAlchemy's and
+Alembic's imports, Alembic's first run): what a restart after a failed commit waits for, and
+what every test that opens a ledger pays.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import pickle
+import select
+import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -45,45 +61,34 @@ class Committer:
         self.url = url
         self.extra_migrations = [str(p) for p in extra_migrations]
         self._conn: Connection | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
         self.start()
 
     def start(self) -> None:
-        """Start the process; it takes the writer lock and migrates the schema, then says ready.
-
-        A fresh interpreter (``python -m ledger.store.committer``), not multiprocessing: no fork
-        of a threaded process, and no re-import of the caller's ``__main__``."""
+        """Start the process (forked by this process's launcher); it takes the writer lock and
+        migrates the schema, then says ready."""
         ours, theirs = socket.socketpair()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ledger.store.committer",
-                str(theirs.fileno()),
-                self.url,
-                *self.extra_migrations,
-            ],
-            pass_fds=(theirs.fileno(),),
-        )
-        theirs.close()
+        try:
+            pid = LAUNCHER.launch(self.url, self.extra_migrations, theirs)
+        finally:
+            theirs.close()
         conn = Connection(ours.detach())
         try:
-            if not conn.poll(START_TIMEOUT_S):
-                raise CommitFailed("the committer process did not start")
-            status, detail = conn.recv()
+            if conn.poll(START_TIMEOUT_S):
+                status, detail = conn.recv()
+            else:
+                status, detail = "error", "the committer process did not start"
         except (EOFError, OSError):
-            status, detail = "error", f"the committer process exited ({proc.wait(10)})"
-        except CommitFailed:
-            proc.kill()
-            raise
+            status, detail = "error", "the committer process exited"
         if status != "ready":
-            conn.close()
-            proc.wait(10)
+            _wait_for_exit(conn, pid, START_TIMEOUT_S)
             raise LedgerLockedError(detail) if status == "locked" else CommitFailed(detail)
-        self._conn, self._proc = conn, proc
+        self._conn, self.pid = conn, pid
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """Whether the process runs. Between commits it never writes unasked, so anything to
+        read is the end of its pipe: it has exited."""
+        return self._conn is not None and not self._conn.poll(0)
 
     def commit(self, batches: list[BatchRows]) -> None:
         """Commit ``batches`` in one transaction (all or none), in order."""
@@ -108,18 +113,109 @@ class Committer:
             self.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
-        conn, proc = self._conn, self._proc
-        self._conn = self._proc = None
-        if conn is not None:
+        """Stop the process; return once it has exited, so its writer lock is free."""
+        conn, pid = self._conn, self.pid
+        self._conn = self.pid = None
+        if conn is not None and pid is not None:
             with contextlib.suppress(OSError):
                 conn.send(None)
-            conn.close()
-        if proc is not None:
+            _wait_for_exit(conn, pid, timeout_s)
+
+
+def _wait_for_exit(conn: Connection, pid: int, timeout_s: float) -> None:
+    """Wait for the end of a committer's pipe, which comes when the process has exited (its
+    lock released before that); SIGKILL it if that takes longer than ``timeout_s``."""
+    try:
+        while conn.poll(timeout_s):
+            conn.recv()  # an answer still in flight, then the end
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    except (EOFError, OSError):
+        pass
+    finally:
+        conn.close()
+
+
+class Launcher:
+    """Forks committers for this process, from a fresh interpreter that has imported and run
+    the committer's code once (see the module's docstring). Started on first use, and again if
+    it died (the crash harness kills it with its committers); it exits when this process closes
+    its end of the socket, or dies. Its committers outlive it: each stops at the end of its
+    own pipe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the writer's threads and tests may open ledgers at once
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._owner = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def launch(self, url: str, extra_migrations: list[str], pipe_end: socket.socket) -> int:
+        """Fork a committer for ``url`` that talks over ``pipe_end``; its process id."""
+        with self._lock:
+            sock = self._running()
+            request = pickle.dumps((url, extra_migrations))
             try:
-                proc.wait(timeout_s)
+                socket.send_fds(sock, [request], [pipe_end.fileno()])
+                answer = sock.recv(8)
+            except OSError:
+                answer = b""
+            if len(answer) != 8:
+                self._stop()
+                raise CommitFailed("the committer launcher died")
+            (pid,) = struct.unpack("!q", answer)
+            if pid < 0:
+                raise CommitFailed("the committer launcher could not fork")
+            return int(pid)
+
+    def _running(self) -> socket.socket:
+        if self._sock is not None and (self._owner != os.getpid() or not self._alive()):
+            self._stop()  # died, or this is a fork of the process that started it
+        if self._sock is None:
+            self._start()
+        assert self._sock is not None
+        return self._sock
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger.store.committer", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+        )
+        theirs.close()
+        if self._owner == 0:
+            atexit.register(self.close)
+        self._sock, self._owner = ours, os.getpid()
+        ready, _, _ = select.select([ours], [], [], START_TIMEOUT_S)
+        if not ready or ours.recv(16) != b"ready":
+            self._stop()
+            raise CommitFailed("the committer launcher did not start")
+
+    def close(self) -> None:
+        """Stop the launcher (at exit); committers it started run on until their pipes end."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        if self._proc is not None and self._owner == os.getpid():
+            try:
+                self._proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+                self._proc.kill()
+                self._proc.wait(5)
+        self._sock = self._proc = None
+
+
+LAUNCHER: Final = Launcher()
+"""This process's launcher."""
 
 
 def _main(url: str, conn: Connection, extra_migrations: Sequence[str] = ()) -> None:
@@ -164,6 +260,60 @@ def _serve(store: Store, conn: Connection) -> None:
             return
 
 
+def _warm_up() -> None:
+    """Do once what each committer would otherwise do first: Alembic's lazy imports and its
+    first run (on a scratch SQLite database), and the PostgreSQL driver's import."""
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
+
+    with tempfile.TemporaryDirectory(prefix="ledger-launcher-") as scratch:
+        engine = make_engine(f"sqlite:///{scratch}/warm.db")
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
+    settle_heap()  # so each committer's own settle_heap walks only what it made itself
+
+
+def _launch_loop(control: socket.socket) -> None:
+    """The launcher: fork a committer for each request, until the parent closes its end.
+
+    It and its committers ignore SIGINT: a Ctrl-C in the terminal reaches the whole process
+    group, and the writer stops its committer itself once the requests in hand are done (a
+    committer whose writer is gone stops at the end of its pipe)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the committers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control.send(b"ready")
+    while True:
+        try:
+            request, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+        except OSError:
+            return
+        if not request:
+            return  # the parent is gone; the committers it started see their own pipes end
+        url, extra_migrations = pickle.loads(request)
+        try:
+            pid = os.fork()
+        except OSError:
+            pid = -1
+        if pid == 0:
+            code = 0
+            try:
+                control.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _main(url, Connection(fds[0]), extra_migrations)
+            except BaseException:
+                log.exception("committer failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        control.send(struct.pack("!q", pid))
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _main(sys.argv[2], Connection(int(sys.argv[1])), sys.argv[3:])
+    launcher_socket = socket.socket(fileno=int(sys.argv[1]))
+    _warm_up()
+    _launch_loop(launcher_socket)

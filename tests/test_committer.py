@@ -1,0 +1,104 @@
+"""The committer process and the launcher that forks it: what its writer relies on when it
+starts, stops, dies or is interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ledger.crash import _alive
+from ledger.store.committer import LAUNCHER, Committer
+from ledger.store.database import make_engine
+from ledger.store.writer import LedgerLockedError, WriterLock
+from tests.test_service import ALICE, BOB, open_ledger, pay, seed
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_closing_returns_once_the_writer_lock_is_free(database_url: str) -> None:
+    committer = Committer(database_url)
+    committer_pid = committer.pid
+    assert committer_pid is not None and committer.alive()
+    with pytest.raises(LedgerLockedError, match="another ledger writer"):
+        Committer(database_url)
+    committer.close()
+    assert not committer.alive()
+    engine = make_engine(database_url)
+    try:
+        lock = WriterLock.acquire(database_url, engine, wait_s=0)  # at once: no waiting allowed
+        lock.release()
+    finally:
+        engine.dispose()
+    wait_for(lambda: not _alive(committer_pid), "the committer exited")
+
+
+def test_committers_outlive_their_launcher_and_a_new_launcher_starts(
+    database_url: str, key_file: Path, tmp_path: Path
+) -> None:
+    with open_ledger(database_url, key_file) as ledger:
+        seed(ledger)
+        launcher_pid = LAUNCHER.pid
+        assert launcher_pid is not None
+        os.kill(launcher_pid, signal.SIGKILL)
+        wait_for(lambda: not _alive(launcher_pid), "the launcher died")
+        assert ledger.create_transfers([pay(501, ALICE, BOB, 10)]).codes == [0]
+        other = Committer(f"sqlite:///{tmp_path / 'other.db'}")  # forked by a new launcher
+        try:
+            assert other.alive() and LAUNCHER.pid not in (None, launcher_pid)
+        finally:
+            other.close()
+        assert ledger.committer.alive()
+
+
+def test_the_committer_ignores_ctrl_c(database_url: str, key_file: Path) -> None:
+    """A Ctrl-C reaches the whole process group; the writer, not the signal, stops the
+    committer, after the requests in hand."""
+    with open_ledger(database_url, key_file) as ledger:
+        seed(ledger)
+        pid = ledger.committer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
+        time.sleep(0.2)
+        assert ledger.committer.alive() and ledger.committer.pid == pid
+        assert ledger.create_transfers([pay(501, ALICE, BOB, 10)]).codes == [0]
+
+
+def test_a_killed_parent_leaves_no_launcher_or_committer_behind(tmp_path: Path) -> None:
+    """SIGKILL a process that has a ledger open: its launcher and committer exit on their own
+    (the ends of their pipes), and the writer lock is free for the next server."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from ledger.service import LedgerService
+        from ledger.store.committer import LAUNCHER
+        ledger = LedgerService.open({url!r}, __import__("pathlib").Path({str(tmp_path)!r}) / "k")
+        print(LAUNCHER.pid, ledger.committer.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        launcher_pid, committer_pid = map(int, proc.stdout.readline().split())
+        assert _alive(launcher_pid) and _alive(committer_pid)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    wait_for(lambda: not _alive(launcher_pid), "the launcher exited with its parent")
+    wait_for(lambda: not _alive(committer_pid), "the committer exited with its writer")
+    replacement = Committer(url)  # takes the lock at once
+    replacement.close()
