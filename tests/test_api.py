@@ -8,11 +8,13 @@ checked by the same verification code clients use, and backpressure (503) from a
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -629,6 +631,19 @@ def test_health_and_request_ids(api: TestClient) -> None:
     assert first.headers["Request-Id"] != second.headers["Request-Id"]
     error(api.get("/v1/nowhere"), 404, "not_found")
     error(api.delete("/v1/transfers"), 405, "method_not_allowed")
+
+
+def test_a_closed_ledger_is_freed_with_its_app(tmp_path: Path) -> None:
+    """Nothing module-level keeps a ledger alive once it and its app are gone: the test suite
+    makes a thousand of them, and FastAPI caches every endpoint it has analysed."""
+    service = LedgerService.open(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "k", ORIGIN)
+    with TestClient(app_for(service)) as client:
+        assert ok(client.get("/healthz"))["origin"] == ORIGIN
+    service.close()
+    freed = weakref.ref(service)
+    del service, client
+    gc.collect()
+    assert freed() is None, "something still holds the closed ledger"
 
 
 def test_an_unexpected_error_is_a_500_in_the_one_shape(
