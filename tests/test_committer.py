@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger.crash import _alive
-from ledger.store.committer import LAUNCHER, Committer
+from ledger.store.committer import LAUNCHER, CommitFailed, Committer
 from ledger.store.database import make_engine
 from ledger.store.writer import LedgerLockedError, WriterLock
 from tests.test_service import ALICE, BOB, open_ledger, pay, seed
@@ -43,6 +43,26 @@ def test_closing_returns_once_the_writer_lock_is_free(database_url: str) -> None
     finally:
         engine.dispose()
     wait_for(lambda: not _alive(committer_pid), "the committer exited")
+
+
+def test_a_committer_works_in_the_callers_directory_environment_and_output_of_the_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Not in the launcher's, which started earlier: a relative SQLite path and the settings
+    read from the environment mean what they would for a process started now, and what it
+    logs goes where the caller's output goes now."""
+    Committer(f"sqlite:///{tmp_path / 'first.db'}").close()  # the launcher is running
+    here = tmp_path / "later"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    committer = Committer("sqlite:///relative.db")
+    committer.close()
+    assert (here / "relative.db").exists()
+    monkeypatch.setenv("LEDGER_SQLITE_SYNCHRONOUS", "SOMETIMES")
+    capfd.readouterr()
+    with pytest.raises(CommitFailed):
+        Committer(f"sqlite:///{tmp_path / 'second.db'}")
+    assert "LEDGER_SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA" in capfd.readouterr().err
 
 
 def test_committers_outlive_their_launcher_and_a_new_launcher_starts(

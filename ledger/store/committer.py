@@ -154,12 +154,16 @@ class Launcher:
         return self._proc.pid if self._proc is not None else None
 
     def launch(self, url: str, extra_migrations: list[str], pipe_end: socket.socket) -> int:
-        """Fork a committer for ``url`` that talks over ``pipe_end``; its process id."""
+        """Fork a committer for ``url`` that talks over ``pipe_end``; its process id. Like a
+        process started now, not like the launcher, it works in this process's current
+        directory and environment (a relative SQLite path, ``LEDGER_SQLITE_SYNCHRONOUS``) and
+        writes to its current standard output and error."""
         with self._lock:
             sock = self._running()
-            request = pickle.dumps((url, extra_migrations))
+            std = [fd for fd in (1, 2) if _is_open(fd)]
+            request = pickle.dumps((url, extra_migrations, os.getcwd(), dict(os.environ), std))
             try:
-                socket.send_fds(sock, [request], [pipe_end.fileno()])
+                socket.send_fds(sock, [request], [pipe_end.fileno(), *std])
                 answer = sock.recv(8)
             except OSError:
                 answer = b""
@@ -212,6 +216,14 @@ class Launcher:
                 self._proc.kill()
                 self._proc.wait(5)
         self._sock = self._proc = None
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 LAUNCHER: Final = Launcher()
@@ -285,12 +297,12 @@ def _launch_loop(control: socket.socket) -> None:
     control.send(b"ready")
     while True:
         try:
-            request, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+            request, fds, _, _ = socket.recv_fds(control, 1 << 16, 3)
         except OSError:
             return
         if not request:
             return  # the parent is gone; the committers it started see their own pipes end
-        url, extra_migrations = pickle.loads(request)
+        url, extra_migrations, cwd, environment, std = pickle.loads(request)
         try:
             pid = os.fork()
         except OSError:
@@ -300,7 +312,13 @@ def _launch_loop(control: socket.socket) -> None:
             try:
                 control.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                _main(url, Connection(fds[0]), extra_migrations)
+                os.chdir(cwd)
+                os.environ.clear()
+                os.environ.update(environment)
+                pipe_end, *copies = fds
+                for copy, fd in zip(copies, std, strict=True):
+                    os.dup2(copy, fd)
+                _main(url, Connection(pipe_end), extra_migrations)
             except BaseException:
                 log.exception("committer failed")
                 code = 1
