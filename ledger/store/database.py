@@ -120,19 +120,22 @@ def current_revision(engine: Engine) -> str | None:
 
 
 @contextmanager
-def fresh_postgres_database(server_url: str, prefix: str) -> Iterator[str]:
-    """A new database ``<prefix>_<random>`` on the PostgreSQL server of ``server_url``; its URL
-    is yielded, and it is dropped afterwards (tests and benchmarks)."""
+def fresh_postgres_database(
+    server_url: str, prefix: str, template: str | None = None
+) -> Iterator[str]:
+    """A new database ``<prefix>_<random>`` on the PostgreSQL server of ``server_url``, a copy
+    of the database ``template`` if one is named; its URL is yielded, and it is dropped
+    afterwards (tests and benchmarks)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    _create_postgres_database(url)
+    _create_postgres_database(url, template)
     try:
         yield url
     finally:
         _drop_postgres_database(url)
 
 
-def _create_postgres_database(url: str) -> None:
+def _create_postgres_database(url: str, template: str | None = None) -> None:
     """Create the database a PostgreSQL URL names, if it does not exist."""
     target = make_url(url)
     admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -141,7 +144,8 @@ def _create_postgres_database(url: str) -> None:
             text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
         ).scalar()
         if not exists:
-            conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+            copy = f' TEMPLATE "{template}"' if template else ""
+            conn.execute(text(f'CREATE DATABASE "{target.database}"{copy}'))
     admin.dispose()
 
 
