@@ -45,6 +45,21 @@ def test_closing_returns_once_the_writer_lock_is_free(database_url: str) -> None
     wait_for(lambda: not _alive(committer_pid), "the committer exited")
 
 
+def test_a_committer_that_does_not_stop_is_killed(tmp_path: Path) -> None:
+    """A committer that does not answer the request to stop (here: stopped by SIGSTOP) is
+    SIGKILLed after the timeout, and ``close`` returns once it is gone and its lock free."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    committer = Committer(url)
+    pid = committer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    committer.close(timeout_s=0.5)
+    assert time.monotonic() - started >= 0.5
+    assert not _alive(pid)
+    Committer(url).close()  # the lock is free at once
+
+
 def test_a_committer_works_in_the_callers_directory_environment_and_output_of_the_moment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -48,6 +48,7 @@ from ledger.store.writer import LedgerLockedError, Store, WriterLock
 log = logging.getLogger("ledger.committer")
 
 START_TIMEOUT_S: Final = 60.0
+KILL_WAIT_S: Final = 10.0
 
 
 class CommitFailed(Exception):
@@ -70,6 +71,9 @@ class Committer:
         ours, theirs = socket.socketpair()
         try:
             pid = LAUNCHER.launch(self.url, self.extra_migrations, theirs)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         conn = Connection(ours.detach())
@@ -130,6 +134,7 @@ def _wait_for_exit(conn: Connection, pid: int, timeout_s: float) -> None:
             conn.recv()  # an answer still in flight, then the end
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        conn.poll(KILL_WAIT_S)  # the end comes once the kernel has closed its files
     except (EOFError, OSError):
         pass
     finally:
