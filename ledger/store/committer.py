@@ -33,12 +33,13 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Final
+
+from sqlalchemy import create_engine
 
 from ledger.journal import BatchRows
 from ledger.process import settle_heap
@@ -279,15 +280,15 @@ def _serve(store: Store, conn: Connection) -> None:
 
 def _warm_up() -> None:
     """Do once what each committer would otherwise do first: Alembic's lazy imports and its
-    first run (on a scratch SQLite database), and the PostgreSQL driver's import."""
+    first run (on a scratch SQLite database in memory: nothing on disk), and the PostgreSQL
+    driver's import."""
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-    with tempfile.TemporaryDirectory(prefix="ledger-launcher-") as scratch:
-        engine = make_engine(f"sqlite:///{scratch}/warm.db")
-        try:
-            migrate(engine)
-        finally:
-            engine.dispose()
+    engine = create_engine("sqlite://")
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
     settle_heap()  # so each committer's own settle_heap walks only what it made itself
 
 
