@@ -33,7 +33,7 @@ def sqlite_url(tmp_path: Path) -> str:
 def postgres_template() -> Iterator[str]:
     """A database migrated to the ledger's newest schema once a session, from nothing; each
     PostgreSQL test's own database is a copy of it, so its committer has nothing left to
-    migrate (about 170 ms a test here). The SQLite tests still migrate from nothing each time,
+    migrate (45-85 ms less a test here). The SQLite tests still migrate from nothing each time,
     and components' schema branches (the merchant API's) are migrated in each test."""
     with fresh_postgres_database(POSTGRES_SERVER, "ledger_template") as url:
         engine = make_engine(url)

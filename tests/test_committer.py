@@ -9,23 +9,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ledger.crash import _alive
+from ledger.crash import _alive, _wait_gone
 from ledger.store.committer import LAUNCHER, CommitFailed, Committer
 from ledger.store.database import make_engine
 from ledger.store.writer import LedgerLockedError, WriterLock
 from tests.test_service import ALICE, BOB, open_ledger, pay, seed
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def test_closing_returns_once_the_writer_lock_is_free(database_url: str) -> None:
@@ -42,7 +34,7 @@ def test_closing_returns_once_the_writer_lock_is_free(database_url: str) -> None
         lock.release()
     finally:
         engine.dispose()
-    wait_for(lambda: not _alive(committer_pid), "the committer exited")
+    assert _wait_gone([committer_pid], 30), "the committer did not exit"
 
 
 def test_a_committer_that_does_not_stop_is_killed(tmp_path: Path) -> None:
@@ -88,7 +80,7 @@ def test_committers_outlive_their_launcher_and_a_new_launcher_starts(
         launcher_pid = LAUNCHER.pid
         assert launcher_pid is not None
         os.kill(launcher_pid, signal.SIGKILL)
-        wait_for(lambda: not _alive(launcher_pid), "the launcher died")
+        assert _wait_gone([launcher_pid], 30), "the launcher did not die"
         assert ledger.create_transfers([pay(501, ALICE, BOB, 10)]).codes == [0]
         other = Committer(f"sqlite:///{tmp_path / 'other.db'}")  # forked by a new launcher
         try:
@@ -133,7 +125,7 @@ def test_a_killed_parent_leaves_no_launcher_or_committer_behind(tmp_path: Path) 
     finally:
         proc.kill()
         proc.wait(10)
-    wait_for(lambda: not _alive(launcher_pid), "the launcher exited with its parent")
-    wait_for(lambda: not _alive(committer_pid), "the committer exited with its writer")
+    assert _wait_gone([launcher_pid], 30), "the launcher outlived its parent"
+    assert _wait_gone([committer_pid], 30), "the committer outlived its writer"
     replacement = Committer(url)  # takes the lock at once
     replacement.close()

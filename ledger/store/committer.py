@@ -78,15 +78,17 @@ class Committer:
         finally:
             theirs.close()
         conn = Connection(ours.detach())
+        started = False
         try:
-            if conn.poll(START_TIMEOUT_S):
+            started = conn.poll(START_TIMEOUT_S)
+            if started:
                 status, detail = conn.recv()
             else:
                 status, detail = "error", "the committer process did not start"
         except (EOFError, OSError):
             status, detail = "error", "the committer process exited"
-        if status != "ready":
-            _wait_for_exit(conn, pid, START_TIMEOUT_S)
+        if status != "ready":  # one that did not start in time is killed at once
+            _wait_for_exit(conn, pid, START_TIMEOUT_S if started else 0.0)
             raise LedgerLockedError(detail) if status == "locked" else CommitFailed(detail)
         self._conn, self.pid = conn, pid
 
