@@ -64,11 +64,19 @@ def serve(
     --workers processes. SIGINT or SIGTERM stops it after the requests in hand."""
     import time
 
+    from rich.markup import escape
+
     from ledger import auth
     from ledger.process import few_malloc_arenas
     from ledger.server import WORKERS_DEFAULT, LedgerServer, signals_stop
     from ledger.service import LedgerService
+    from merchant_api.egress import EgressPolicy  # composed in server.py; its setting checked here
 
+    try:
+        EgressPolicy.from_env()
+    except ValueError as exc:
+        err.print(f"[red]error[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     few_malloc_arenas()
     settings = Settings.from_env(database, key_file, host, port)

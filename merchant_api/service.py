@@ -50,6 +50,7 @@ from ledger.service import Ledger
 from ledger.store.database import for_writes
 from ledger.wallets import codes
 from ledger.wallets.service import SignedPayment, WalletError, Wallets, system_id
+from merchant_api.egress import EgressPolicy
 from merchant_api.keys import MerchantContext, issue_key
 from merchant_api.models import (
     Merchant,
@@ -131,6 +132,7 @@ class MerchantService:
         secret_key: bytes,
         *,
         clock_ms: Callable[[], int] = now_ms,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.ledger = ledger
         self.wallets = wallets
@@ -138,6 +140,8 @@ class MerchantService:
         self.writes = for_writes(self.engine)
         self._aead = AESGCM(secret_key)
         self.clock_ms = clock_ms
+        self.egress = egress if egress is not None else EgressPolicy.from_env()
+        """Where webhooks may be delivered (``LEDGER_WEBHOOK_ALLOW_NETWORKS``)."""
 
     # -- merchants ---------------------------------------------------------------------------------
 

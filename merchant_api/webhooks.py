@@ -14,7 +14,10 @@ as the change they report (see ``service``); their ``payload`` is the exact JSON
    with one ``v1,`` entry per live secret: two during a rotation's overlap). A 2xx answer is
    delivery (marked only after it: at least once); 410 Gone disables the endpoint and cancels its
    pending deliveries; anything else (other status, connection error, timeout) is retried on
-   :data:`RETRY_SCHEDULE_S`, after whose last attempt the delivery is ``failed``.
+   :data:`RETRY_SCHEDULE_S`, after whose last attempt the delivery is ``failed``. Each attempt
+   resolves the URL's host and connects only to an address :mod:`merchant_api.egress` allows
+   (public ones; loopback too in test mode): an address it refuses is a failed attempt, and no
+   connection is made.
 
 Bounds: at most :data:`RUN_DELIVERIES_MAX` deliveries per run, :data:`PER_ENDPOINT_MAX` of them
 per endpoint; endpoints are served in parallel (:data:`CONCURRENCY` threads), each endpoint's
@@ -43,6 +46,7 @@ from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
+from merchant_api.egress import EgressRefused
 from merchant_api.keys import MerchantContext
 from merchant_api.models import WebhookDelivery, WebhookEndpoint, WebhookEvent, newest_first
 from merchant_api.service import MerchantError, MerchantService
@@ -79,12 +83,13 @@ ROTATION_OVERLAP_DEFAULT_S: Final = 24 * 3600
 URL_MAX: Final = 2048
 ERROR_MAX: Final = 500
 USER_AGENT: Final = "ecny-ledger-webhooks/1"
+_PORTS: Final = {"http": 80, "https": 443}
 
 
 # -- endpoints -------------------------------------------------------------------------------------
 
 
-def _check_url(url: str, livemode: bool) -> str:
+def _check_url(service: MerchantService, url: str, livemode: bool) -> str:
     url = url.strip()
     try:
         parts = urlsplit(url)
@@ -104,6 +109,10 @@ def _check_url(url: str, livemode: bool) -> str:
         )
     if livemode and parts.scheme != "https":
         raise MerchantError(422, "url_not_https", "live mode endpoints must use https://", "url")
+    try:
+        service.egress.check_host(parts.hostname, livemode)
+    except EgressRefused as exc:
+        raise MerchantError(422, "url_not_allowed", str(exc), "url") from None
     return url
 
 
@@ -161,7 +170,7 @@ def create_endpoint(
     description: str = "",
 ) -> WebhookEndpoint:
     """A new enabled endpoint with a fresh ``whsec_`` secret (the caller shows it once)."""
-    url = _check_url(url, ctx.livemode)
+    url = _check_url(service, url, ctx.livemode)
     events = _check_events(enabled_events)
     with Session(service.engine) as session:  # read, then write in a transaction of its own
         count = session.execute(
@@ -242,7 +251,7 @@ def update_endpoint(
     current = endpoint(service, ctx, endpoint_id)
     values: dict[str, Any] = {}
     if url is not None:
-        values["url"] = _check_url(url, ctx.livemode)
+        values["url"] = _check_url(service, url, ctx.livemode)
     if enabled_events is not None:
         values["enabled_events"] = json.dumps(_check_events(enabled_events))
     if description is not None:
@@ -705,7 +714,21 @@ def _attempt(
         ),
     }
     try:
-        with client.stream("POST", endpoint.url, content=body, headers=headers) as response:
+        url = httpx.URL(endpoint.url)
+        host = url.raw_host.decode("ascii")
+        address = service.egress.resolve(
+            host, url.port or _PORTS[url.scheme], endpoint.livemode == 1
+        )
+    except EgressRefused as exc:
+        return _Outcome(now, None, f"EgressRefused: {exc}"[:ERROR_MAX])
+    # connect to the address just checked, and to no other: the name is sent as Host and as
+    # TLS server name (SNI, and what the certificate must name)
+    headers["host"] = url.netloc.decode("ascii")
+    pinned = url.copy_with(host=address)
+    try:
+        with client.stream(
+            "POST", pinned, content=body, headers=headers, extensions={"sni_hostname": host}
+        ) as response:
             status = response.status_code  # the body is not read: only the status counts
     except httpx.HTTPError as exc:
         return _Outcome(now, None, f"{type(exc).__name__}: {exc}"[:ERROR_MAX])

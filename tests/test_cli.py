@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,13 +14,16 @@ from ledger.store.database import make_engine
 from tests.conftest import POSTGRES_SERVER
 
 
-def ledger_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def ledger_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ledger.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=cwd,
+        env=env,
     )
 
 
@@ -57,6 +61,14 @@ def test_keys_create_prints_a_working_key_once(tmp_path: Path) -> None:
     assert again.returncode == 1
     bad = ledger_cli("keys", "create", "--operator", "x", "--role", "auditor", "--database", url)
     assert bad.returncode == 2 and "unknown role" in bad.stderr
+
+
+def test_serve_refuses_a_bad_webhook_network_setting(tmp_path: Path) -> None:
+    env = {**os.environ, "LEDGER_WEBHOOK_ALLOW_NETWORKS": "10.0.0.0/8,intranet"}
+    run = ledger_cli("serve", "--database", f"sqlite:///{tmp_path / 'l.db'}", env=env)
+    assert run.returncode == 2, run.stderr
+    assert "LEDGER_WEBHOOK_ALLOW_NETWORKS: 'intranet' is not a network" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "l.db").exists()
 
 
 def test_demo_plays_a_pilot_day_and_everything_checks_out(tmp_path: Path) -> None:

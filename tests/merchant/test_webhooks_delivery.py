@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,9 +43,10 @@ class Received:
 
 class Receiver:
     """An HTTP server in a thread that records every POST and answers from a script: the next
-    scripted status, else ``default``. Paths under ``/hang`` wait until the receiver closes."""
+    scripted status, else ``default``. Paths under ``/hang`` wait until the receiver closes.
+    With ``tls``, it speaks HTTPS with that server context."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Received] = []
         self.script: list[int] = []
         self.default = 200
@@ -72,11 +74,18 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "http" if tls is None else "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def answer(self, *statuses: int, then: int = 200) -> None:
         with self.lock:
