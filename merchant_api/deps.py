@@ -8,10 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Final
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from merchant_api.keys import KeyChecker, KeyError_, MerchantContext
 from merchant_api.models import IdempotencyRecord
@@ -62,7 +64,9 @@ async def idempotent(
     request: Request, ctx: MerchantContext, run: Callable[[], Awaitable[Response]]
 ) -> Response:
     """Stripe's Idempotency-Key: the same key and body replay the stored response (for 24 h); the
-    same key with another body is 422; a request still running is 409 with Retry-After."""
+    same key with another body is 422; a request still running is 409 with Retry-After. Its
+    database work runs on threads, as ``run`` must do with its own: nothing here holds up the
+    event loop, and every other request of the worker, while the database answers."""
     key = request.headers.get("idempotency-key")
     if not key:
         return await run()
@@ -75,22 +79,27 @@ async def idempotent(
     body = await request.body()
     digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + body).hexdigest()
     engine = request.app.state.merchants.writes
-    replay = _claim(engine, ctx, key, digest)
+    replay = await run_in_threadpool(_claim, engine, ctx, key, digest)
     if replay is not None:
         return replay
     try:
         response = await run()
     except BaseException:
-        _release(engine, ctx, key)  # the request may be retried with the same key
+        with anyio.CancelScope(shield=True):  # also when the client went away (cancelled)
+            await run_in_threadpool(_release, engine, ctx, key)  # it may be retried with the key
         raise
-    with Session(engine) as session:
+    await run_in_threadpool(_done, engine, ctx, key, response)
+    return response
+
+
+def _done(engine: object, ctx: MerchantContext, key: str, response: Response) -> None:
+    with Session(engine) as session:  # type: ignore[arg-type]
         record = session.get(IdempotencyRecord, (ctx.merchant_id, ctx.mode, key))
         assert record is not None
         record.state, record.status_code = "done", response.status_code
         record.body = bytes(response.body)
         session.add(record)
         session.commit()
-    return response
 
 
 def _claim(engine: object, ctx: MerchantContext, key: str, digest: str) -> Response | None:

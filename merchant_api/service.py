@@ -60,6 +60,7 @@ from merchant_api.models import (
     RefundTransition,
     newest_first,
 )
+from merchant_api.schemas import OrderPayment
 from wallet_sdk import qr
 
 CNY: Final = 156
@@ -435,42 +436,39 @@ class MerchantService:
         if status in ("canceled", "expired"):
             raise MerchantError(409, "order_not_payable", f"the order is {status}", "payment_order")
 
-    async def pay(
-        self, order_id: int, payment: SignedPayment
-    ) -> tuple[PaymentOrder, Transfer, OpResult]:
-        """A wallet pays an order (merchant-presented QR): one transfer, id = order id."""
+    def _order_payment(
+        self, order_id: int, body: OrderPayment
+    ) -> tuple[PaymentOrder, SignedPayment]:
+        """The order and the payment of it that ``body`` signs (the order id is its id, the
+        merchant's wallet its payee). Run on a thread: it reads the database."""
         order = self.order(None, order_id)
         self._payable(order)
+        if body.amount != order.amount:
+            raise MerchantError(422, "amount_mismatch", "pay the order's amount", "amount")
         merchant = self.merchant(order.merchant_id)
-        checks = (
-            (
-                payment.id == order_id,
-                "invalid_payment_id",
-                "sign the payment with the order id as its id",
-                "id",
-            ),
-            (
-                payment.payee == self.wallet_of(merchant),
-                "invalid_payee",
-                "pay the order's merchant wallet",
-                "payee",
-            ),
-            (payment.amount == order.amount, "amount_mismatch", "pay the order's amount", "amount"),
-        )
-        for ok, code, message, param in checks:
-            if not ok:
-                raise MerchantError(422, code, message, param)
+        payment = SignedPayment(
+            order_id, body.payer, self.wallet_of(merchant), body.amount, body.expires_at_ms,
+            body.key_version, body.signature, currency=body.currency,
+        )  # fmt: skip
         payment.attempt = True
         payment.attachments = self._order_outcome(order, "succeeded", payment.payer, "qr")
+        return order, payment
+
+    async def pay(
+        self, order_id: int, body: OrderPayment
+    ) -> tuple[PaymentOrder, Transfer, OpResult]:
+        """A wallet pays an order (merchant-presented QR): one transfer, id = order id."""
+        order, payment = await run_in_threadpool(self._order_payment, order_id, body)
         transfers, result = await self.wallets.pay([payment], receipts=True)
         self._raise_if_taken(result)
         return order, transfers[0], result
 
-    async def capture(
+    def _capture_transfer(
         self, ctx: MerchantContext, order_id: int, code_text: str
-    ) -> tuple[PaymentOrder, Transfer, OpResult]:
-        """The merchant's till captures a payment code the customer shows (customer-presented
-        mode): checked here (signature, key, expiry, maximum), single use in the writer."""
+    ) -> tuple[PaymentOrder, Transfer]:
+        """The order and the transfer that captures the customer's code for it, once the code
+        is checked (signature, key, expiry, maximum). Run on a thread: it reads the database and
+        asks the writer for the payer's wallet."""
         order = self.order(ctx, order_id)
         self._payable(order)
         try:
@@ -479,7 +477,7 @@ class MerchantService:
             raise MerchantError(
                 422, "payment_code_invalid", "not a payment code", "payment_code"
             ) from None
-        wallet = await run_in_threadpool(self.wallets.wallet, code.payer)  # asks the writer
+        wallet = self.wallets.wallet(code.payer)
         if wallet is None or code.key_version != wallet.key_version:
             raise MerchantError(
                 422, "payment_code_invalid", "the code's key is not the wallet's", "payment_code"
@@ -508,6 +506,14 @@ class MerchantService:
             authorization=code.authorization(),
         )
         transfer.attachments = self._order_outcome(order, "succeeded", code.payer, "payment_code")
+        return order, transfer
+
+    async def capture(
+        self, ctx: MerchantContext, order_id: int, code_text: str
+    ) -> tuple[PaymentOrder, Transfer, OpResult]:
+        """The merchant's till captures a payment code the customer shows (customer-presented
+        mode): checked here, single use in the writer."""
+        order, transfer = await run_in_threadpool(self._capture_transfer, ctx, order_id, code_text)
         result = await self.ledger.execute(OP_CREATE_TRANSFERS, [transfer], None, receipts=True)
         self._raise_if_taken(result)
         if result.codes[0] == Result.PAYMENT_CODE_USED:
@@ -526,19 +532,27 @@ class MerchantService:
 
     # -- cancel and expire ------------------------------------------------------------------------
 
-    async def cancel(self, ctx: MerchantContext, order_id: int) -> PaymentOrder:
-        """Cancel an unpaid order; cancelling it again is answered the same way."""
-        order = self.order(ctx, order_id)
-        stone = CancelTransferId(
-            order_id, "canceled", self._order_outcome(order, "canceled", None, None)
-        )
+    async def cancel(self, ctx: MerchantContext, order_id: int) -> dict[str, Any]:
+        """Cancel an unpaid order; cancelling it again is answered the same way. The order's
+        view."""
+        order, stone = await run_in_threadpool(self._cancel_stone, ctx, order_id)
         result = await self.ledger.execute(OP_CANCEL_IDS, [stone], None)
         if result.codes[0] == Result.TRANSFER_ID_USED:
             raise MerchantError(409, "order_already_paid", "a paid order cannot be canceled")
-        status = self.status(order, self.transition(order))
-        if status != "canceled":
-            raise MerchantError(409, "order_not_cancelable", f"the order is {status}")
-        return order
+        return await run_in_threadpool(self._canceled_view, order)
+
+    def _cancel_stone(
+        self, ctx: MerchantContext, order_id: int
+    ) -> tuple[PaymentOrder, CancelTransferId]:
+        order = self.order(ctx, order_id)
+        outcome = self._order_outcome(order, "canceled", None, None)
+        return order, CancelTransferId(order_id, "canceled", outcome)
+
+    def _canceled_view(self, order: PaymentOrder) -> dict[str, Any]:
+        view = self.view(order)
+        if view["status"] != "canceled":
+            raise MerchantError(409, "order_not_cancelable", f"the order is {view['status']}")
+        return view
 
     def expire_due(self, limit: int = 500) -> int:
         """Tombstone orders past their expiry with no outcome yet (run periodically)."""
@@ -573,10 +587,31 @@ class MerchantService:
     def refund_id(self, ctx: MerchantContext, out_refund_no: str) -> int:
         return uuid.uuid5(NAMESPACE, f"{ctx.merchant_id}/{ctx.mode}/refund/{out_refund_no}").int
 
-    async def refund(self, ctx: MerchantContext, params: dict[str, Any]) -> Refund:
+    async def refund(self, ctx: MerchantContext, params: dict[str, Any]) -> dict[str, Any]:
         """Refund part or all of a paid order, back to the payer's wallet. Idempotent on
-        out_refund_no; the total refunded never exceeds what was paid (checked by the writer)."""
+        out_refund_no; the total refunded never exceeds what was paid (checked by the writer).
+        The refund's view."""
+        refund, to_submit = await run_in_threadpool(self._new_refund, ctx, params)
+        if to_submit is not None:
+            merchant, order, payer = to_submit
+            await self._ensure_allowance(merchant, order)
+            await self._submit_refund(merchant, order, refund, payer)
+        return await run_in_threadpool(self.refund_view, refund)
+
+    def _new_refund(
+        self, ctx: MerchantContext, params: dict[str, Any]
+    ) -> tuple[Refund, tuple[Merchant, PaymentOrder, int] | None]:
+        """The refund's row, and, if this made it, what submitting it needs (merchant, order,
+        payer). Run on a thread: it reads and writes the database."""
         order = self.order(ctx, params["payment_order"])
+        refundable = order.amount - self.refunded_total(order)
+        if params["amount"] > refundable:
+            raise MerchantError(
+                422,
+                "amount_exceeds_refundable",
+                f"at most {refundable} fen can still be refunded",
+                "amount",
+            )
         transition = self.transition(order)
         if transition is None or transition.status != "succeeded" or transition.payer is None:
             raise MerchantError(
@@ -584,11 +619,9 @@ class MerchantService:
             )
         refund, created = self._refund_row(ctx, order, params)
         if not created:
-            return refund
-        merchant = self.merchant(order.merchant_id)
-        await self._ensure_allowance(merchant, order)
-        await self._submit_refund(merchant, order, refund, int.from_bytes(transition.payer, "big"))
-        return refund
+            return refund, None
+        payer = int.from_bytes(transition.payer, "big")
+        return refund, (self.merchant(order.merchant_id), order, payer)
 
     def _refund_row(
         self,

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from ledger.api.deps import ReaderDep
 from ledger.api.errors import id_or_404
 from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results, receipt
-from ledger.wallets.service import SignedPayment
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
 from merchant_api.schemas import CaptureCode, OrderCreate, OrderPayment
 from merchant_api.service import MerchantService
@@ -30,10 +30,11 @@ async def create_payment_order(
 
     async def run() -> JSONResponse:
         params = body.model_dump(exclude_unset=True, exclude={"payment_code"})
-        order, created = service.create_order(ctx, params)
+        order, created = await run_in_threadpool(service.create_order, ctx, params)
         if body.payment_code:
             await service.capture(ctx, int.from_bytes(order.id, "big"), body.payment_code)
-        return JSONResponse(service.view(order), status_code=201 if created else 200)
+        view = await run_in_threadpool(service.view, order)
+        return JSONResponse(view, status_code=201 if created else 200)
 
     return await idempotent(request, ctx, run)
 
@@ -81,8 +82,8 @@ async def cancel_payment_order(
     """Cancel an unpaid order (again: the same answer). A paid order: 409."""
 
     async def run() -> JSONResponse:
-        order = await service.cancel(ctx, id_or_404(order_id, "payment_order", "payment_order"))
-        return JSONResponse(service.view(order))
+        oid = id_or_404(order_id, "payment_order", "payment_order")
+        return JSONResponse(await service.cancel(ctx, oid))
 
     return await idempotent(request, ctx, run)
 
@@ -98,7 +99,8 @@ async def capture_payment_code(
         order, transfer, result = await service.capture(
             ctx, id_or_404(order_id, "payment_order", "payment_order"), body.payment_code
         )
-        return JSONResponse(_outcome(service, order, transfer, result, None, None))
+        view = await run_in_threadpool(_outcome, service, order, transfer, result, None, None)
+        return JSONResponse(view)
 
     return await idempotent(request, ctx, run)
 
@@ -110,24 +112,16 @@ async def pay_payment_order(
     """A wallet pays an order it scanned: a payment signed by the payer whose id is the order
     id. No API key: the signature is the authority. Exactly once, however many try."""
     oid = id_or_404(order_id, "payment_order", "payment_order")
-    order = service.order(None, oid)
-    payment = SignedPayment(
-        oid,
-        body.payer,
-        service.wallet_of(service.merchant(order.merchant_id)),
-        body.amount,
-        body.expires_at_ms,
-        body.key_version,
-        body.signature,
-        currency=body.currency,
-    )
-    order, transfer, result = await service.pay(oid, payment)
-    return JSONResponse(_outcome(service, order, transfer, result, reader, request))
+    order, transfer, result = await service.pay(oid, body)
+    view = await run_in_threadpool(_outcome, service, order, transfer, result, reader, request)
+    return JSONResponse(view)
 
 
 def _outcome(
     service: MerchantService, order: Any, transfer: Any, result: Any, reader: Any, request: Any
 ) -> dict[str, Any]:
+    """A payment's answer, with the order's view (and the receipt, given a reader). Run on a
+    thread: the view reads the database."""
     item = item_results([transfer], result)["results"][0]
     out = {
         "result": item["result"],

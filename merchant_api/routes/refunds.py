@@ -10,7 +10,6 @@ from ledger.api.errors import id_or_404
 from ledger.api.responses import JSONResponse
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
 from merchant_api.schemas import RefundCreate
-from merchant_api.service import MerchantError
 
 router = APIRouter(prefix="/v1/refunds", tags=["refunds"])
 
@@ -26,23 +25,13 @@ async def create_refund(
     ``exceeds_credits`` when the merchant's wallet has too little)."""
 
     async def run() -> JSONResponse:
-        order = service.order(ctx, body.payment_order)
-        already = service.refunded_total(order)
-        if body.amount > order.amount - already:
-            raise MerchantError(
-                422,
-                "amount_exceeds_refundable",
-                f"at most {order.amount - already} fen can still be refunded",
-                "amount",
-            )
         params = {
             "payment_order": body.payment_order,
             "amount": body.amount,
             "out_refund_no": body.out_refund_no,
             "reason": body.reason,
         }
-        refund = await service.refund(ctx, params)
-        return JSONResponse(service.refund_view(refund), status_code=201)
+        return JSONResponse(await service.refund(ctx, params), status_code=201)
 
     return await idempotent(request, ctx, run)
 

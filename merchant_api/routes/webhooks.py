@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from ledger.api.responses import JSONResponse
 from merchant_api import webhooks
@@ -69,7 +71,7 @@ async def create_webhook_endpoint(
 ) -> Any:
     """Register an endpoint. Its signing secret (``whsec_...``) is in this answer only."""
 
-    async def run() -> JSONResponse:
+    def run() -> JSONResponse:
         endpoint = webhooks.create_endpoint(
             service,
             ctx,
@@ -80,7 +82,7 @@ async def create_webhook_endpoint(
         view = webhooks.endpoint_view(endpoint, secret=endpoint.secret)
         return JSONResponse(view, status_code=201)
 
-    return await idempotent(request, ctx, run)
+    return await idempotent(request, ctx, partial(run_in_threadpool, run))
 
 
 @router.get("/v1/webhook_endpoints")
@@ -111,7 +113,7 @@ async def update_webhook_endpoint(
 ) -> Any:
     """Change the url, events, description or status. Disabling cancels pending deliveries."""
 
-    async def run() -> JSONResponse:
+    def run() -> JSONResponse:
         endpoint = webhooks.update_endpoint(
             service,
             ctx,
@@ -123,7 +125,7 @@ async def update_webhook_endpoint(
         )
         return JSONResponse(webhooks.endpoint_view(endpoint, now_ms=service.clock_ms()))
 
-    return await idempotent(request, ctx, run)
+    return await idempotent(request, ctx, partial(run_in_threadpool, run))
 
 
 @router.delete("/v1/webhook_endpoints/{endpoint_id}")
@@ -144,13 +146,13 @@ async def rotate_webhook_secret(
     (``webhook-signature`` carries both) for ``expires_in_s`` seconds, default one day."""
     rotation = body or SecretRotation()
 
-    async def run() -> JSONResponse:
+    def run() -> JSONResponse:
         endpoint, secret = webhooks.rotate_secret(service, ctx, endpoint_id, rotation.expires_in_s)
         return JSONResponse(
             webhooks.endpoint_view(endpoint, secret=secret, now_ms=service.clock_ms())
         )
 
-    return await idempotent(request, ctx, run)
+    return await idempotent(request, ctx, partial(run_in_threadpool, run))
 
 
 # -- events ----------------------------------------------------------------------------------------
@@ -203,9 +205,9 @@ async def redeliver_event(
     the background worker sends it."""
     target = (body or Redelivery()).endpoint
 
-    async def run() -> JSONResponse:
+    def run() -> JSONResponse:
         found = webhooks.redeliver(service, ctx, event_id, target)
         view = webhooks.event_view(found, webhooks.deliveries(service, [found.id]), detail=True)
         return JSONResponse(view)
 
-    return await idempotent(request, ctx, run)
+    return await idempotent(request, ctx, partial(run_in_threadpool, run))
