@@ -76,13 +76,13 @@ def full_app(
     *,
     clock_ms: Callable[[], int] = now_ms,
     replay_guard: ReplayGuard | None = None,
-    rate_share: float = 1.0,
+    rate_file: Path | None = None,
 ) -> tuple[FastAPI, MerchantService]:
-    """The ledger's API with the merchant API in it. ``rate_share``: this process's part of
-    each merchant key's rate limit (a worker of N takes 1/N)."""
+    """The ledger's API with the merchant API in it. ``rate_file``: the merchant keys' rate
+    limit buckets, shared with the server's other HTTP workers (``None``: this process's own)."""
     app = create_app(ledger, wallets, replay_guard=replay_guard)
     merchants = MerchantService(ledger, wallets, merchant_key, clock_ms=clock_ms)
-    merchant_app.install(app, merchants, rate_share=rate_share)
+    merchant_app.install(app, merchants, rate_file=rate_file)
     return app, merchants
 
 
@@ -167,7 +167,7 @@ class LedgerServer:
             raise
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        assert self._socket is not None and self._link is not None
+        assert self._socket is not None and self._link is not None and self._link_dir is not None
         fd = self._socket.fileno()
         env = dict(os.environ)
         env.setdefault("MALLOC_ARENA_MAX", "2")  # see ledger.process.few_malloc_arenas
@@ -176,7 +176,8 @@ class LedgerServer:
             sys.executable, "-m", "ledger.worker", "--fd", str(fd),
             "--link", str(self._link.path), "--database", s.database_url,
             "--kyc-key-file", str(s.kyc_key_file), "--merchant-key-file",
-            str(s.merchant_key_file), "--workers", str(self.workers), "--index", str(index),
+            str(s.merchant_key_file), "--rate-file", str(self._link_dir / "rates"),
+            "--workers", str(self.workers), "--index", str(index),
         ]  # fmt: skip
         return subprocess.Popen(command, pass_fds=(fd,), env=env)
 

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database", required=True)
     parser.add_argument("--kyc-key-file", type=Path, required=True)
     parser.add_argument("--merchant-key-file", type=Path, required=True)
+    parser.add_argument(
+        "--rate-file", type=Path, help="the merchant keys' rate-limit buckets, shared by workers"
+    )
     parser.add_argument("--workers", type=int, default=1, help="how many workers share the port")
     parser.add_argument("--index", type=int, default=0)
     args = parser.parse_args(argv)
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         wallets,
         load_or_create_key(args.merchant_key_file),
         replay_guard=remote,
-        rate_share=1 / args.workers,
+        rate_file=args.rate_file,
     )
     settle_heap()
     listener = socket.socket(fileno=args.fd)

@@ -13,6 +13,7 @@ from ledger.api.errors import APIError, error_response
 from ledger.api.responses import JSONResponse
 from merchant_api import settlements, webhooks
 from merchant_api.keys import RATE_BURST, RATE_PER_S, KeyChecker
+from merchant_api.ratelimit import SharedBuckets
 from merchant_api.routes import merchants, payment_orders, refunds
 from merchant_api.routes import settlements as settlement_routes
 from merchant_api.routes import statements as statement_routes
@@ -25,13 +26,12 @@ WORK_INTERVAL_S: Final = 1.0
 log = logging.getLogger("merchant_api")
 
 
-def install(app: FastAPI, service: MerchantService, *, rate_share: float = 1.0) -> None:
-    """The merchant routes in ``app``; ``rate_share`` is this process's part of each key's rate
-    limit (an HTTP worker of N takes 1/N of the rate and of the burst)."""
+def install(app: FastAPI, service: MerchantService, *, rate_file: Path | None = None) -> None:
+    """The merchant routes in ``app``; ``rate_file``: the table of rate-limit buckets this
+    process shares with the server's other HTTP workers (``None``: its own)."""
     app.state.merchants = service
-    app.state.merchant_keys = KeyChecker(
-        service.engine, rate_per_s=RATE_PER_S * rate_share, burst=RATE_BURST * rate_share
-    )
+    buckets = SharedBuckets(rate_file, rate_per_s=RATE_PER_S, burst=RATE_BURST)
+    app.state.merchant_keys = KeyChecker(service.engine, buckets)
 
     @app.exception_handler(MerchantError)
     async def _merchant_error(request: Request, exc: MerchantError) -> JSONResponse:

@@ -20,12 +20,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from merchant_api.models import Merchant, MerchantKey
+from merchant_api.ratelimit import SharedBuckets
 
 PREFIX: Final = {True: "sk_live_", False: "sk_test_"}
 ID_HEX: Final = 12
 RATE_PER_S: Final = float(os.environ.get("MERCHANT_RATE_LIMIT_PER_S", "100"))
 RATE_BURST: Final = float(os.environ.get("MERCHANT_RATE_LIMIT_BURST", "200"))
-"""Per key: a token bucket refilled at RATE_PER_S requests per second, holding RATE_BURST."""
+"""Per key: a token bucket refilled at RATE_PER_S requests per second, holding RATE_BURST,
+shared by every HTTP worker of a server (``merchant_api.ratelimit``)."""
 
 
 class KeyError_(Exception):
@@ -71,13 +73,10 @@ class KeyChecker:
 
     CACHE_TTL_S: Final = 10.0
 
-    def __init__(
-        self, engine: Engine, *, rate_per_s: float = RATE_PER_S, burst: float = RATE_BURST
-    ) -> None:
+    def __init__(self, engine: Engine, buckets: SharedBuckets) -> None:
         self.engine = engine
-        self.rate_per_s, self.burst = rate_per_s, burst
+        self.buckets = buckets
         self._cache: dict[str, tuple[float, MerchantContext]] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, at)
         self._lock = threading.Lock()
 
     def authenticate(self, presented: str) -> MerchantContext:
@@ -112,12 +111,4 @@ class KeyChecker:
 
     def take(self, key_id: str) -> float:
         """Spend one request; 0 if allowed, else seconds to wait before the next one."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, at = self._buckets.get(key_id, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
-            if tokens < 1:
-                self._buckets[key_id] = (tokens, now)
-                return (1 - tokens) / self.rate_per_s
-            self._buckets[key_id] = (tokens - 1, now)
-            return 0.0
+        return self.buckets.take(key_id)

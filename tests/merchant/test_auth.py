@@ -14,6 +14,7 @@ from ledger.api.errors import API_VERSION
 from ledger.ids import new_uuid
 from merchant_api.keys import KeyChecker
 from merchant_api.models import IdempotencyRecord, MerchantKey
+from merchant_api.ratelimit import SharedBuckets
 from tests.merchant.conftest import Pilot
 from tests.merchant.test_orders import error
 
@@ -208,7 +209,7 @@ def test_an_oversize_idempotency_key_is_refused(pilot: Pilot) -> None:
 def test_each_key_has_its_own_rate_limit(pilot: Pilot) -> None:
     a, b = pilot.merchant("A"), pilot.merchant("B")
     pilot.api.app.state.merchant_keys = KeyChecker(  # type: ignore[attr-defined]
-        pilot.merchants.engine, rate_per_s=0.01, burst=3
+        pilot.merchants.engine, SharedBuckets(None, rate_per_s=0.01, burst=3)
     )
     for _ in range(3):
         assert pilot.api.get("/v1/payment_orders", headers=a.test).status_code == 200
