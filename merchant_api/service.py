@@ -71,6 +71,8 @@ ECNY_QR_GUID: Final = "cn.ecny.ledger"
 """Merchant account information (EMVCo tag 26): subfield 00 this GUID, 01 the merchant's
 wallet id; for an order, additional data 62/05 holds the order id (22 characters of base64url)."""
 SIGNATURE_TTL_MS: Final = 5 * 60 * 1000
+REFUND_SIGNATURE_TTL_MS: Final = 24 * 3600 * 1000
+"""How long after it was made a refund may still be submitted (by a retry of its request)."""
 TRANSITION: Final = ("order_id", "status", "at_ms", "payer", "method")
 REFUND_TRANSITION: Final = ("refund_id", "status", "at_ms", "failure_code")
 EVENT: Final = (
@@ -601,24 +603,19 @@ class MerchantService:
     def _new_refund(
         self, ctx: MerchantContext, params: dict[str, Any]
     ) -> tuple[Refund, tuple[Merchant, PaymentOrder, int] | None]:
-        """The refund's row, and, if this made it, what submitting it needs (merchant, order,
-        payer). Run on a thread: it reads and writes the database."""
+        """The refund to answer with and, unless its outcome is already written, what submitting
+        it needs (merchant, order, payer). That is a new refund, or one made earlier under the
+        same out_refund_no whose request died before the ledger answered it: it is submitted
+        again, byte for byte the same (see ``_submit_refund``), so the ledger applies it once,
+        however many requests submit it. Run on a thread: it reads and writes the database."""
         order = self.order(ctx, params["payment_order"])
-        refundable = order.amount - self.refunded_total(order)
-        if params["amount"] > refundable:
-            raise MerchantError(
-                422,
-                "amount_exceeds_refundable",
-                f"at most {refundable} fen can still be refunded",
-                "amount",
-            )
         transition = self.transition(order)
         if transition is None or transition.status != "succeeded" or transition.payer is None:
             raise MerchantError(
                 409, "order_not_paid", "only a paid order can be refunded", "payment_order"
             )
-        refund, created = self._refund_row(ctx, order, params)
-        if not created:
+        refund = self._refund_row(ctx, order, params)
+        if self.refund_transition(refund) is not None:
             return refund, None
         payer = int.from_bytes(transition.payer, "big")
         return refund, (self.merchant(order.merchant_id), order, payer)
@@ -630,7 +627,9 @@ class MerchantService:
         params: dict[str, Any],
         *,
         _retry: bool = True,
-    ) -> tuple[Refund, bool]:
+    ) -> Refund:
+        """The refund made under this out_refund_no (409 if with other parameters), or a new
+        one if what is left to refund covers it (422 if not; the writer checks again)."""
         digest = params_hash({k: v for k, v in params.items() if k != "out_refund_no"})
         refund_id = id_bytes(self.refund_id(ctx, params["out_refund_no"]))
         with Session(self.writes) as session:
@@ -643,7 +642,15 @@ class MerchantService:
                         "a refund with this out_refund_no exists with other parameters",
                         "out_refund_no",
                     )
-                return existing, False
+                return existing
+            refundable = order.amount - self.refunded_total(order)
+            if params["amount"] > refundable:
+                raise MerchantError(
+                    422,
+                    "amount_exceeds_refundable",
+                    f"at most {refundable} fen can still be refunded",
+                    "amount",
+                )
             refund = Refund(
                 id=refund_id,
                 merchant_id=ctx.merchant_id,
@@ -663,7 +670,7 @@ class MerchantService:
                     return self._refund_row(ctx, order, params, _retry=False)
                 raise
             session.refresh(refund)
-        return refund, True
+        return refund
 
     async def _ensure_allowance(self, merchant: Merchant, order: PaymentOrder) -> None:
         """The order's refund allowance: an account funded once with the amount paid."""
@@ -699,7 +706,10 @@ class MerchantService:
         refund_id = int.from_bytes(refund.id, "big")
         order_id = int.from_bytes(order.id, "big")
         wallet = self.wallet_of(merchant)
-        expires = self.clock_ms() + SIGNATURE_TTL_MS
+        # from the refund's own row, not the clock: every submission of it signs the same bytes
+        # (Ed25519 is deterministic), so a second one is an exact replay the ledger answers
+        # with the first outcome, never a conflicting transfer under the same id
+        expires = refund.created_at_ms + REFUND_SIGNATURE_TTL_MS
         auth = signing.sign_payment(
             self.signing_key(merchant), 1, refund_id, wallet, payer, refund.amount, "CNY", expires
         )

@@ -4,7 +4,9 @@ payer's wallet cannot hold the money back."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import uuid
 from typing import Any
 
 from tests.merchant.conftest import Pilot, Shop, W
@@ -52,6 +54,75 @@ def test_out_refund_no_is_idempotent_and_conflicts_on_other_parameters(pilot: Pi
     assert again.json()["id"] == first["id"]
     assert pilot.balance(shopper.id) == 10_000 - 600  # refunded once
     assert error(refund(pilot, shop, order, 500, "R-1"), 409) == "out_refund_no_conflict"
+
+
+def test_a_full_refund_retried_is_the_same_refund(pilot: Pilot) -> None:
+    """Nothing is left to refund once a full refund succeeded, but its retry under the same
+    out_refund_no is that refund, not a new one over the amount paid."""
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+    order = paid_order(pilot, shop, shopper, 1_000)
+    first = refund(pilot, shop, order, 1_000, "R-1")
+    again = refund(pilot, shop, order, 1_000, "R-1")
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json() and first.json()["status"] == "succeeded"
+    assert pilot.balance(shopper.id) == 10_000
+
+
+def test_a_refund_whose_request_died_is_finished_by_its_retry(pilot: Pilot) -> None:
+    """The request that made the refund's row died before the ledger answered (the row is made,
+    nothing submitted). The refund is ``pending``, which the API says it never answers: its
+    retry under the same out_refund_no submits it, and the money moves once."""
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+    order = paid_order(pilot, shop, shopper, 1_000)
+    service = pilot.merchants
+    ctx = pilot.api.app.state.merchant_keys.authenticate(  # type: ignore[attr-defined]
+        shop.test["Authorization"].removeprefix("Bearer ")
+    )
+    params = {"payment_order": uuid.UUID(order["id"]).int, "amount": 400,
+              "out_refund_no": "R-1", "reason": "cold"}  # fmt: skip
+    made = service._refund_row(ctx, service.order(ctx, params["payment_order"]), params)
+    assert service.refund_view(made)["status"] == "pending"
+    assert pilot.balance(shopper.id) == 9_000
+    again = refund(pilot, shop, order, 400, "R-1")
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == str(uuid.UUID(bytes=made.id))
+    assert (again.json()["status"], again.json()["failure_code"]) == ("succeeded", None)
+    assert pilot.balance(shopper.id) == 9_400
+    assert refund(pilot, shop, order, 400, "R-1").json() == again.json()
+    assert pilot.balance(shopper.id) == 9_400
+    kinds = [e["type"] for e in pilot.get("/v1/events?type=refund.succeeded", shop.test)["data"]]
+    assert kinds == ["refund.succeeded"]
+
+
+def test_a_refund_submitted_twice_is_applied_once(pilot: Pilot) -> None:
+    """Two requests submit one refund (the second before the first's outcome is written): the
+    two submissions are the same bytes, so the second is the ledger's replay of the first, with
+    the same outcome and nothing written twice."""
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+    order = paid_order(pilot, shop, shopper, 1_000)
+    service = pilot.merchants
+    ctx = pilot.api.app.state.merchant_keys.authenticate(  # type: ignore[attr-defined]
+        shop.test["Authorization"].removeprefix("Bearer ")
+    )
+    params = {"payment_order": uuid.UUID(order["id"]).int, "amount": 300,
+              "out_refund_no": "R-1", "reason": "cold"}  # fmt: skip
+    made, submit = service._new_refund(ctx, params)
+    assert submit is not None
+    merchant, paid, payer = submit
+    asyncio.run(service._ensure_allowance(merchant, paid))
+    first = asyncio.run(service._submit_refund(merchant, paid, made, payer))
+    pilot.advance(60)  # a later submission still signs the same bytes
+    second = asyncio.run(service._submit_refund(merchant, paid, made, payer))
+    assert first.codes == second.codes == [0, 0]
+    assert second.replayed == {0, 1}
+    assert pilot.balance(shopper.id) == 9_300
+    view = pilot.get(f"/v1/refunds/{uuid.UUID(bytes=made.id)}", shop.test)
+    assert view["status"] == "succeeded"
+    kinds = [e["type"] for e in pilot.get("/v1/events?type=refund.succeeded", shop.test)["data"]]
+    assert kinds == ["refund.succeeded"]
 
 
 def test_an_unpaid_order_cannot_be_refunded(pilot: Pilot) -> None:
