@@ -60,6 +60,7 @@ from sqlalchemy import text
 from ledger import checkpoint, merkle
 from ledger.audit import Record, audit, read_record
 from ledger.ids import new_uuid
+from ledger.process import descendants, wait_gone
 from ledger.store.database import is_sqlite, make_engine, sqlite_path
 from ledger.verify import verify
 
@@ -90,66 +91,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _proc_stat(pid: int, task: int | None = None) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, or of one of its threads, from /proc; None when it
-    is gone."""
-    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
-    try:
-        raw = Path(path).read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes ``pid`` started, and those they started, and so on: a server's HTTP
-    workers, its committer launcher and committers (Linux /proc; elsewhere none are found)."""
-    children: dict[int, list[int]] = {}
-    with suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                stat = _proc_stat(int(entry.name))
-                if stat is not None:
-                    children.setdefault(stat[1], []).append(int(entry.name))
-    found: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += children.get(child, [])
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Whether any thread of ``pid`` still runs. A process whose main thread has exited is a
-    zombie while its other threads finish, and its files (a listening socket, a lock) close
-    only with the last of them."""
-    if Path("/proc").is_dir():
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            return False
-        states = (_proc_stat(pid, int(t)) for t in tasks)
-        return any(stat is not None and stat[0] not in ("Z", "X") for stat in states)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _wait_gone(pids: list[int], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while any(_alive(p) for p in pids):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 READY_MARK: Final = "; HTTP workers: "
@@ -222,7 +163,7 @@ class ServeProcess:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         self.proc.wait(10)
-        _wait_gone(children, ORPHAN_WAIT_S)
+        wait_gone(children, ORPHAN_WAIT_S)
 
     def stop(self) -> None:
         """SIGTERM (a clean shutdown: everything accepted is processed), then wait."""
@@ -234,7 +175,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-            _wait_gone(children, STOP_TIMEOUT_S)
+            wait_gone(children, STOP_TIMEOUT_S)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -513,7 +454,7 @@ class _Harness:
             children = descendants(proc.pid)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-            _wait_gone(children, ORPHAN_WAIT_S)
+            wait_gone(children, ORPHAN_WAIT_S)
             self.problem("a second ledger serve on the same database kept running")
             return
         if proc.returncode != 0 and WRITER_REFUSED in " ".join(output.split()):

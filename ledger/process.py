@@ -1,5 +1,6 @@
 """What every long-running process of ``ledger serve`` does to itself (the writer, its HTTP
-workers, the committer): memory and garbage-collector settings, and dying with its parent."""
+workers, the committer): memory and garbage-collector settings, and dying with its parent; and
+how one process sees another from outside (alive or gone, its descendants), from /proc."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import ctypes.util
 import gc
 import os
 import signal
+import time
+from pathlib import Path
 from typing import Final
 
 MALLOC_ARENAS: Final = 2
@@ -51,3 +54,67 @@ def die_with_parent() -> None:
         _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+
+
+# -- processes seen from outside (Linux /proc) ----------------------------------------------------
+
+
+def proc_stat(pid: int, task: int | None = None) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or of one of its threads, from /proc; None when it
+    is gone."""
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
+    try:
+        raw = Path(path).read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and those they started, and so on: a server's HTTP
+    workers, its committer launcher and committers (Linux /proc; elsewhere none are found)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                stat = proc_stat(int(entry.name))
+                if stat is not None:
+                    children.setdefault(stat[1], []).append(int(entry.name))
+    found: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether any thread of ``pid`` still runs. A process whose main thread has exited is a
+    zombie while its other threads finish, and its files (a listening socket, a lock) close
+    only with the last of them."""
+    if Path("/proc").is_dir():
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return False
+        states = (proc_stat(pid, int(t)) for t in tasks)
+        return any(stat is not None and stat[0] not in ("Z", "X") for stat in states)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_gone(pids: list[int], timeout_s: float) -> bool:
+    """Whether every one of ``pids`` was gone (see ``alive``) within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while any(alive(p) for p in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True

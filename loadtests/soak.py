@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from ledger.crash import ServeProcess, descendants
+from ledger.crash import ServeProcess
+from ledger.process import descendants
 
 FLAT_WITHIN: Final = 0.20
 SAMPLE_S: Final = 5.0

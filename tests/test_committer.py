@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.crash import _alive, _wait_gone
+from ledger.process import alive, wait_gone
 from ledger.store.committer import LAUNCHER, CommitFailed, Committer
 from ledger.store.database import make_engine
 from ledger.store.writer import LedgerLockedError, WriterLock
@@ -34,7 +34,7 @@ def test_closing_returns_once_the_writer_lock_is_free(database_url: str) -> None
         lock.release()
     finally:
         engine.dispose()
-    assert _wait_gone([committer_pid], 30), "the committer did not exit"
+    assert wait_gone([committer_pid], 30), "the committer did not exit"
 
 
 def test_a_committer_that_does_not_stop_is_killed(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_a_committer_that_does_not_stop_is_killed(tmp_path: Path) -> None:
     started = time.monotonic()
     committer.close(timeout_s=0.5)
     assert time.monotonic() - started >= 0.5
-    assert not _alive(pid)
+    assert not alive(pid)
     Committer(url).close()  # the lock is free at once
 
 
@@ -80,7 +80,7 @@ def test_committers_outlive_their_launcher_and_a_new_launcher_starts(
         launcher_pid = LAUNCHER.pid
         assert launcher_pid is not None
         os.kill(launcher_pid, signal.SIGKILL)
-        assert _wait_gone([launcher_pid], 30), "the launcher did not die"
+        assert wait_gone([launcher_pid], 30), "the launcher did not die"
         assert ledger.create_transfers([pay(501, ALICE, BOB, 10)]).codes == [0]
         other = Committer(f"sqlite:///{tmp_path / 'other.db'}")  # forked by a new launcher
         try:
@@ -121,11 +121,11 @@ def test_a_killed_parent_leaves_no_launcher_or_committer_behind(tmp_path: Path) 
     try:
         assert proc.stdout is not None
         launcher_pid, committer_pid = map(int, proc.stdout.readline().split())
-        assert _alive(launcher_pid) and _alive(committer_pid)
+        assert alive(launcher_pid) and alive(committer_pid)
     finally:
         proc.kill()
         proc.wait(10)
-    assert _wait_gone([launcher_pid], 30), "the launcher outlived its parent"
-    assert _wait_gone([committer_pid], 30), "the committer outlived its writer"
+    assert wait_gone([launcher_pid], 30), "the launcher outlived its parent"
+    assert wait_gone([committer_pid], 30), "the committer outlived its writer"
     replacement = Committer(url)  # takes the lock at once
     replacement.close()

@@ -20,7 +20,8 @@ import pytest
 from nacl.signing import SigningKey
 
 from ledger import signing
-from ledger.crash import ServeProcess, _alive, descendants, free_port, serving
+from ledger.crash import ServeProcess, free_port, serving
+from ledger.process import alive, descendants
 from loadtests import http_bench
 
 Server = ServeProcess
@@ -91,7 +92,7 @@ def test_workers_die_with_their_writer(two_workers: ServeProcess) -> None:
     two_workers.proc.send_signal(signal.SIGKILL)
     two_workers.proc.wait(10)
     deadline = time.monotonic() + 10
-    while any(_alive(p) for p in workers):
+    while any(alive(p) for p in workers):
         assert time.monotonic() < deadline, "a worker outlived its writer"
         time.sleep(0.05)
     with pytest.raises(httpx.ConnectError):

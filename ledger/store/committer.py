@@ -42,7 +42,7 @@ from typing import Final
 from sqlalchemy import create_engine
 
 from ledger.journal import BatchRows
-from ledger.process import settle_heap
+from ledger.process import settle_heap, wait_gone
 from ledger.store.database import SQLITE_WRITER_CACHE_KIB, make_engine, migrate
 from ledger.store.writer import LedgerLockedError, Store, WriterLock
 
@@ -137,7 +137,10 @@ def _wait_for_exit(conn: Connection, pid: int, timeout_s: float) -> None:
             conn.recv()  # an answer still in flight, then the end
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        conn.poll(KILL_WAIT_S)  # the end comes once the kernel has closed its files
+        # The pipe ends as the kernel closes the killed process's files, one by one: its lock's
+        # may still be open then. Once no thread of it runs, all are closed.
+        conn.poll(KILL_WAIT_S)
+        wait_gone([pid], KILL_WAIT_S)
     except (EOFError, OSError):
         pass
     finally:
