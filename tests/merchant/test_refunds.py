@@ -9,6 +9,7 @@ import threading
 import uuid
 from typing import Any
 
+from merchant_api.keys import MerchantContext
 from tests.merchant.conftest import Pilot, Shop, W
 from tests.merchant.test_orders import error
 
@@ -56,6 +57,23 @@ def test_out_refund_no_is_idempotent_and_conflicts_on_other_parameters(pilot: Pi
     assert error(refund(pilot, shop, order, 500, "R-1"), 409) == "out_refund_no_conflict"
 
 
+def refund_by_hand(
+    pilot: Pilot, amount: int
+) -> tuple[Shop, W, dict[str, Any], MerchantContext, dict[str, Any]]:
+    """A shop, a shopper who paid it an order of 1,000, that order, and what the refund route
+    hands the service for a refund of ``amount`` under R-1 (the caller's context and the
+    parameters), for tests that play a part of a refund's request by hand."""
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+    order = paid_order(pilot, shop, shopper, 1_000)
+    ctx = pilot.api.app.state.merchant_keys.authenticate(  # type: ignore[attr-defined]
+        shop.test["Authorization"].removeprefix("Bearer ")
+    )
+    params = {"payment_order": uuid.UUID(order["id"]).int, "amount": amount,
+              "out_refund_no": "R-1", "reason": "cold"}  # fmt: skip
+    return shop, shopper, order, ctx, params
+
+
 def test_a_full_refund_retried_is_the_same_refund(pilot: Pilot) -> None:
     """Nothing is left to refund once a full refund succeeded, but its retry under the same
     out_refund_no is that refund, not a new one over the amount paid."""
@@ -73,15 +91,8 @@ def test_a_refund_whose_request_died_is_finished_by_its_retry(pilot: Pilot) -> N
     """The request that made the refund's row died before the ledger answered (the row is made,
     nothing submitted). The refund is ``pending``, which the API says it never answers: its
     retry under the same out_refund_no submits it, and the money moves once."""
-    shop = pilot.merchant()
-    shopper = pilot.wallet(top_up=10_000)
-    order = paid_order(pilot, shop, shopper, 1_000)
+    shop, shopper, order, ctx, params = refund_by_hand(pilot, 400)
     service = pilot.merchants
-    ctx = pilot.api.app.state.merchant_keys.authenticate(  # type: ignore[attr-defined]
-        shop.test["Authorization"].removeprefix("Bearer ")
-    )
-    params = {"payment_order": uuid.UUID(order["id"]).int, "amount": 400,
-              "out_refund_no": "R-1", "reason": "cold"}  # fmt: skip
     made = service._refund_row(ctx, service.order(ctx, params["payment_order"]), params)
     assert service.refund_view(made)["status"] == "pending"
     assert pilot.balance(shopper.id) == 9_000
@@ -100,15 +111,8 @@ def test_a_refund_submitted_twice_is_applied_once(pilot: Pilot) -> None:
     """Two requests submit one refund (the second before the first's outcome is written): the
     two submissions are the same bytes, so the second is the ledger's replay of the first, with
     the same outcome and nothing written twice."""
-    shop = pilot.merchant()
-    shopper = pilot.wallet(top_up=10_000)
-    order = paid_order(pilot, shop, shopper, 1_000)
+    shop, shopper, _, ctx, params = refund_by_hand(pilot, 300)
     service = pilot.merchants
-    ctx = pilot.api.app.state.merchant_keys.authenticate(  # type: ignore[attr-defined]
-        shop.test["Authorization"].removeprefix("Bearer ")
-    )
-    params = {"payment_order": uuid.UUID(order["id"]).int, "amount": 300,
-              "out_refund_no": "R-1", "reason": "cold"}  # fmt: skip
     made, submit = service._new_refund(ctx, params)
     assert submit is not None
     merchant, paid, payer = submit
