@@ -121,9 +121,26 @@ def verify_payment(
 ) -> Authorization:
     """Check a payment's authorization; return it decoded, or raise ``SignatureError``."""
     auth = Authorization.decode(authorization)
-    message = payment_message(transfer_id, payer, payee, amount, currency, auth.expires_at_ms)
-    verify(public_key, message, auth.signature)
+    verify_payment_signature(
+        public_key, auth.signature, transfer_id, payer, payee, amount, currency, auth.expires_at_ms
+    )
     return auth
+
+
+def verify_payment_signature(
+    public_key: bytes,
+    signature: bytes,
+    transfer_id: int,
+    payer: int,
+    payee: int,
+    amount: int,
+    currency: str,
+    expires_at_ms: int,
+) -> None:
+    """Check a payment's signature from its parts (what an HTTP worker has before the
+    authorization is packed); raise ``SignatureError`` unless it verifies."""
+    message = payment_message(transfer_id, payer, payee, amount, currency, expires_at_ms)
+    verify(public_key, message, signature)
 
 
 def payment_code_message(

@@ -468,8 +468,8 @@ def settled_tree_size(base: str, timeout_s: float = 60.0) -> int:
 
 def verify_rate(samples: int = VERIFY_SAMPLES) -> float:
     """Signed payments verified a second on one core here, as the ledger's HTTP workers verify
-    them (build the payment's canonical message, check the Ed25519 signature): the best of three
-    tries, taken while the servers are idle.
+    them (``ledger.signing.verify_payment_signature``: build the canonical message, check the
+    Ed25519 signature): the best of three tries, taken while the servers are idle.
 
     Every server that checks each signature pays this, so it sets how fast a machine can be at
     all: with it, a batch figure can be read against the machine it was measured on (the
@@ -490,8 +490,9 @@ def verify_rate(samples: int = VERIFY_SAMPLES) -> float:
     for _ in range(3):
         started = time.perf_counter()
         for _ in range(samples):
-            message = signing.payment_message(tid, payer, payee, PAYMENT_FEN, "CNY", expires)
-            signing.verify(public, message, signature)
+            signing.verify_payment_signature(
+                public, signature, tid, payer, payee, PAYMENT_FEN, "CNY", expires
+            )
         best = min(best, time.perf_counter() - started)
     return samples / best
 

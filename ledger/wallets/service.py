@@ -327,10 +327,10 @@ class Wallets:
         if p.key_version != version:
             raise WalletError("wallet_key_rotated", "signed with a key the wallet no longer uses")
         try:
-            message = signing.payment_message(
-                p.id, p.payer, p.payee, p.amount, p.currency, p.expires_at_ms
-            )
-            signing.verify(public_key, message, p.signature)
+            signing.verify_payment_signature(
+                public_key, p.signature, p.id, p.payer, p.payee, p.amount, p.currency,
+                p.expires_at_ms,
+            )  # fmt: skip
         except signing.SignatureError:
             raise WalletError(
                 "signature_invalid", "the payer's signature does not verify"
