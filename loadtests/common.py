@@ -142,6 +142,7 @@ class _Process:
         self.record: TextIO | None = None
         self.record_dir: Path | None = None
         self.csv_writer: StatsCSVFileWriter | None = None
+        self.csv_greenlet: gevent.Greenlet | None = None
 
 
 STATE = _Process()
@@ -176,7 +177,7 @@ def _init(environment: Environment, **_: Any) -> None:
         STATE.csv_writer = StatsCSVFileWriter(
             environment, PERCENTILES_TO_REPORT, str(out / "stats"), full_history=False
         )
-        gevent.spawn(STATE.csv_writer.stats_writer)
+        STATE.csv_greenlet = gevent.spawn(STATE.csv_writer.stats_writer)
     if options.headless and not options.no_audit and not options.ledger_database:
         raise SystemExit(
             "a headless run ends with an audit of the journal: pass --ledger-database URL "
@@ -296,6 +297,10 @@ def _quitting(environment: Environment, **_: Any) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if STATE.csv_writer is not None:
+        # stop the writer's loop before its files close: a master still yields while it tells
+        # its workers to quit, and the loop's next pass would write to a closed file
+        if STATE.csv_greenlet is not None:
+            STATE.csv_greenlet.kill(block=True)
         STATE.csv_writer.close_files()
     verdict = "SLO met" if not breaches else "SLO FAILED: " + "; ".join(breaches)
     log.info(

@@ -79,6 +79,7 @@ def test_pilot_profile_meets_its_slo_and_every_acknowledged_id_is_in_the_journal
             server, out, "--headless", "--base-users", "8", "--shape-seconds", "12", cwd=tmp_path
         )
         assert run.returncode == 0, run.stderr[-3000:]
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]  # a clean end, CSVs closed last
         result = summary(out)
         assert result["ok"] is True and result["slo_breaches"] == []
         audit = result["audit"]
@@ -132,6 +133,7 @@ def test_pilot_profile_meets_its_slo_and_every_acknowledged_id_is_in_the_journal
             cwd=tmp_path,
         )
         assert run.returncode == 1, run.stderr[-3000:]
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]
         assert "seed: reusing" in run.stderr
         result = summary(out2)
         assert result["ok"] is False and any("p99" in b for b in result["slo_breaches"])  # type: ignore[attr-defined]
@@ -225,6 +227,7 @@ def test_distributed_master_and_two_workers(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         assert run.returncode == 0, run.stderr[-3000:]
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]
         result = summary(out)
         assert result["distributed"] is True and result["ok"] is True
         audit = result["audit"]
