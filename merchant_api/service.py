@@ -253,7 +253,8 @@ class MerchantService:
                 "expires_at",
             )
         digest = params_hash({k: v for k, v in params.items() if k != "out_trade_no"})
-        with Session(self.writes) as session:
+        # every column is set here, so the new row need not be read back after the commit
+        with Session(self.writes, expire_on_commit=False) as session:
             existing = session.execute(
                 select(PaymentOrder).where(
                     col(PaymentOrder.merchant_id) == ctx.merchant_id,
@@ -291,13 +292,31 @@ class MerchantService:
                 if _retry:
                     return self.create_order(ctx, params, _retry=False)
                 raise
-            session.refresh(order)
         return order, True
 
     def order(self, ctx: MerchantContext | None, order_id: int) -> PaymentOrder:
         """The order; with a context, only the caller's (in its mode): 404 otherwise."""
         with Session(self.engine) as session:
-            order = session.get(PaymentOrder, id_bytes(order_id))
+            return self._order_in(session, ctx, order_id)
+
+    def _order_to_pay(
+        self, ctx: MerchantContext | None, order_id: int
+    ) -> tuple[PaymentOrder, Merchant]:
+        """The order (as ``order``) and its merchant, read in one session; 409 unless it can
+        still be paid. A paid order goes on to the ledger, which answers a retried payment with
+        its first result and anyone else with a conflict."""
+        with Session(self.engine) as session:
+            order = self._order_in(session, ctx, order_id)
+            status = self.status(order, session.get(OrderTransition, order.id))
+            merchant = session.get(Merchant, order.merchant_id)
+        if status in ("canceled", "expired"):
+            raise MerchantError(409, "order_not_payable", f"the order is {status}", "payment_order")
+        assert merchant is not None
+        return order, merchant
+
+    @staticmethod
+    def _order_in(session: Session, ctx: MerchantContext | None, order_id: int) -> PaymentOrder:
+        order = session.get(PaymentOrder, id_bytes(order_id))
         if order is None or (ctx is not None and order.merchant_id != ctx.merchant_id):
             raise MerchantError(
                 404, "payment_order_not_found", "no such payment order", "payment_order"
@@ -314,16 +333,22 @@ class MerchantService:
 
     def refunds_of(self, order: PaymentOrder) -> list[tuple[Refund, RefundTransition | None]]:
         with Session(self.engine) as session:
-            rows = session.execute(
-                select(Refund, RefundTransition)
-                .join(
-                    RefundTransition,
-                    col(RefundTransition.refund_id) == col(Refund.id),
-                    isouter=True,
-                )
-                .where(col(Refund.order_id) == order.id)
-                .order_by(col(Refund.created_at_ms))
-            ).all()
+            return self._refunds_in(session, order)
+
+    @staticmethod
+    def _refunds_in(
+        session: Session, order: PaymentOrder
+    ) -> list[tuple[Refund, RefundTransition | None]]:
+        rows = session.execute(
+            select(Refund, RefundTransition)
+            .join(
+                RefundTransition,
+                col(RefundTransition.refund_id) == col(Refund.id),
+                isouter=True,
+            )
+            .where(col(Refund.order_id) == order.id)
+            .order_by(col(Refund.created_at_ms))
+        ).all()
         return [(r[0], r[1]) for r in rows]
 
     def status(self, order: PaymentOrder, transition: OrderTransition | None) -> str:
@@ -331,12 +356,26 @@ class MerchantService:
             return transition.status
         return "expired" if self.clock_ms() >= order.expires_at_ms else "requires_payment"
 
-    def view(self, order: PaymentOrder, *, predicted: str | None = None) -> dict[str, Any]:
+    def view(
+        self,
+        order: PaymentOrder,
+        *,
+        predicted: str | None = None,
+        merchant: Merchant | None = None,
+    ) -> dict[str, Any]:
         """The order as the API and webhook events show it. ``predicted`` renders the status an
-        event will report once the change it travels with is committed."""
-        merchant = self.merchant(order.merchant_id)
-        transition = None if predicted else self.transition(order)
-        refunds = [] if predicted else self.refunds_of(order)
+        event will report once the change it travels with is committed. What it reads (the
+        order's ``merchant``, unless given, its outcome and refunds) is read in one session."""
+        transition: OrderTransition | None = None
+        refunds: list[tuple[Refund, RefundTransition | None]] = []
+        if merchant is None or not predicted:
+            with Session(self.engine) as session:
+                if merchant is None:
+                    merchant = session.get(Merchant, order.merchant_id)
+                if not predicted:
+                    transition = session.get(OrderTransition, order.id)
+                    refunds = self._refunds_in(session, order)
+        assert merchant is not None
         refunded = sum(r.amount for r, t in refunds if t is not None and t.status == "succeeded")
         finals = sum(1 for _, t in refunds if t is not None)
         status = predicted or self.status(order, transition)
@@ -415,7 +454,12 @@ class MerchantService:
         return Attachment("webhook_events", EVENT, values)
 
     def _order_outcome(
-        self, order: PaymentOrder, status: str, payer: int | None, method: str | None
+        self,
+        order: PaymentOrder,
+        status: str,
+        payer: int | None,
+        method: str | None,
+        merchant: Merchant | None = None,
     ) -> list[Attachment]:
         at = self.clock_ms()
         transition = Attachment(
@@ -423,7 +467,7 @@ class MerchantService:
             TRANSITION,
             (order.id, status, at, id_bytes(payer) if payer else None, method),
         )
-        view = self.view(order, predicted=status)
+        view = self.view(order, predicted=status, merchant=merchant)
         view["payer"] = uuid_of(payer) if payer else None
         view["paid_with"] = method
         event = self._event(order.merchant_id, order.livemode, f"payment_order.{status}", view)
@@ -431,29 +475,20 @@ class MerchantService:
 
     # -- paying an order ---------------------------------------------------------------------------
 
-    def _payable(self, order: PaymentOrder) -> None:
-        """Refuse at once what can never be paid; a paid order goes on to the ledger, which
-        answers a retried payment with its first result and anyone else with a conflict."""
-        status = self.status(order, self.transition(order))
-        if status in ("canceled", "expired"):
-            raise MerchantError(409, "order_not_payable", f"the order is {status}", "payment_order")
-
     def _order_payment(
         self, order_id: int, body: OrderPayment
     ) -> tuple[PaymentOrder, SignedPayment]:
         """The order and the payment of it that ``body`` signs (the order id is its id, the
         merchant's wallet its payee). Run on a thread: it reads the database."""
-        order = self.order(None, order_id)
-        self._payable(order)
+        order, merchant = self._order_to_pay(None, order_id)
         if body.amount != order.amount:
             raise MerchantError(422, "amount_mismatch", "pay the order's amount", "amount")
-        merchant = self.merchant(order.merchant_id)
         payment = SignedPayment(
             order_id, body.payer, self.wallet_of(merchant), body.amount, body.expires_at_ms,
             body.key_version, body.signature, currency=body.currency,
         )  # fmt: skip
         payment.attempt = True
-        payment.attachments = self._order_outcome(order, "succeeded", payment.payer, "qr")
+        payment.attachments = self._order_outcome(order, "succeeded", payment.payer, "qr", merchant)
         return order, payment
 
     async def pay(
@@ -471,8 +506,7 @@ class MerchantService:
         """The order and the transfer that captures the customer's code for it, once the code
         is checked (signature, key, expiry, maximum). Run on a thread: it reads the database and
         asks the writer for the payer's wallet."""
-        order = self.order(ctx, order_id)
-        self._payable(order)
+        order, merchant = self._order_to_pay(ctx, order_id)
         try:
             code = signing.PaymentCode.decode(code_text)
         except signing.SignatureError:
@@ -496,7 +530,6 @@ class MerchantService:
             raise MerchantError(
                 422, "payment_code_amount", "the code does not cover the order", "payment_code"
             )
-        merchant = self.merchant(order.merchant_id)
         transfer = Transfer(
             order_id,
             code.payer,
@@ -507,7 +540,9 @@ class MerchantService:
             TransferFlags.ATTEMPT,
             authorization=code.authorization(),
         )
-        transfer.attachments = self._order_outcome(order, "succeeded", code.payer, "payment_code")
+        transfer.attachments = self._order_outcome(
+            order, "succeeded", code.payer, "payment_code", merchant
+        )
         return order, transfer
 
     async def capture(
