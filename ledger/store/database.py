@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +26,10 @@ SQLITE_READER_CACHE_KIB = 8192
 whatever was read, so it is what each connection costs in memory for good. The operating
 system's file cache holds the rest."""
 MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+"""How long a statement waits for a lock another connection holds before it fails."""
+WRITE_LOCK_POLL_MAX_S: Final = 0.001
+"""``begin_immediate`` tries again after 0.1, 0.2, 0.4, 0.8 ms, then every 1 ms."""
 
 
 def database_url(explicit: str | None = None) -> str:
@@ -62,7 +68,8 @@ def make_engine(
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)
     sqlite_path(url)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+    connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
     synchronous = sqlite_synchronous()
 
     @event.listens_for(engine, "connect")
@@ -73,19 +80,51 @@ def make_engine(
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA cache_size=-{sqlite_cache_kib}")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql(
-            "BEGIN IMMEDIATE" if conn._execution_options.get(IMMEDIATE) else "BEGIN"
-        )
+        if conn._execution_options.get(IMMEDIATE):
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                begin_immediate(cursor)
+            finally:
+                cursor.close()
+        else:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
 
 
 IMMEDIATE: Final = "sqlite_begin_immediate"
+
+
+def begin_immediate(cursor: sqlite3.Cursor) -> None:
+    """``BEGIN IMMEDIATE`` on SQLite: take the write lock, waiting for whoever holds it by
+    trying again every millisecond or less, for up to the busy timeout.
+
+    SQLite's own busy handler waits 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and then 100 ms
+    between tries, however soon the lock is free: a writer that meets a commit in progress
+    sleeps on long after it ended. The committer and the merchant API's writes meet all the
+    time (measured under the checkout profile, 100 users: the committer slept 16.6 s of 25
+    in that handler, 87 times for 100 ms, and every payment in its batches waited with it).
+    The handler is off for this one statement; every other statement keeps it."""
+    cursor.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        delay = 0.0001
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, WRITE_LOCK_POLL_MAX_S)
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def for_writes(engine: Engine) -> Engine:

@@ -24,7 +24,7 @@ from ledger import checkpoint, daily, entry
 from ledger.domain import Account, LimitSet, PendingState, Result, Transfer, TransferFlags, Wallet
 from ledger.engine import RECORD_TYPES
 from ledger.journal import BatchRows, id_bytes
-from ledger.store.database import is_sqlite, sqlite_path
+from ledger.store.database import begin_immediate, is_sqlite, sqlite_path
 
 ID_SCAN_CHUNK = 50_000
 PREFETCH_CHUNK = 900
@@ -235,7 +235,7 @@ class Store:
 
     def _commit_sqlite(self, batches: list[BatchRows]) -> None:
         cur = self._write.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        begin_immediate(cur)
         try:
             for rows in batches:
                 if rows.entries:
