@@ -39,7 +39,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
 
 from loadtests.seed import Seed, cache_path, load_cached, seed
-from loadtests.shapes import SHAPES, multiplier
+from loadtests.shapes import SHAPES, users_at
 from wallet_sdk import WalletKeys
 
 log = logging.getLogger("loadtests")
@@ -61,9 +61,8 @@ class PilotShape(LoadTestShape):
         run_time = self.get_run_time()
         if run_time >= options.shape_seconds:
             return None
-        users = max(
-            1,
-            round(options.base_users * multiplier(options.shape, run_time / options.shape_seconds)),
+        users = users_at(
+            options.shape, options.base_users, run_time, options.shape_seconds, options.ramp_seconds
         )
         return users, float(max(10, options.base_users * 20))
 
@@ -90,6 +89,14 @@ def _options(parser: Any) -> None:
         default=120.0,
         env_var="LOAD_SHAPE_SECONDS",
         help="Length of the run (default 120).",
+    )
+    parser.add_argument(
+        "--ramp-seconds",
+        type=float,
+        default=0.0,
+        env_var="LOAD_RAMP_SECONDS",
+        help="Start the users over this many seconds at the start of the run, in a straight "
+        "line (default 0: all at once).",
     )
     parser.add_argument(
         "--slo-p99-ms",

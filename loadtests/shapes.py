@@ -21,3 +21,15 @@ def multiplier(shape: str, fraction: float) -> float:
         if x0 <= fraction <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (fraction - x0) / (x1 - x0)
     return points[-1][1]
+
+
+def users_at(
+    shape: str, base_users: int, run_time_s: float, shape_seconds: float, ramp_seconds: float = 0.0
+) -> int:
+    """Users the run asks for ``run_time_s`` into it: ``base_users`` times the shape's multiple,
+    at least one; over the first ``ramp_seconds`` it rises in a straight line from none to that
+    (0: every user starts at once)."""
+    users = base_users * multiplier(shape, run_time_s / shape_seconds)
+    if ramp_seconds > 0 and run_time_s < ramp_seconds:
+        users *= run_time_s / ramp_seconds
+    return max(1, round(users))

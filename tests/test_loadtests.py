@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.shapes import SHAPES, multiplier
+from loadtests.shapes import SHAPES, multiplier, users_at
 from tests.test_server import Server, free_port
 
 LOCUST_TIMEOUT_S = 180
@@ -33,6 +33,16 @@ def test_shapes_scale_the_base_users() -> None:
     assert d11[0] == d11[-1] == 1.0 and max(d11) == 20.0
     assert sum(m == 20.0 for m in d11) <= 15, "a short burst, not a plateau"
     assert set(SHAPES) == {"steady", "lunch_peak", "double11"}
+
+
+def test_a_ramp_starts_the_users_over_its_seconds() -> None:
+    assert [users_at("steady", 100, t, 60) for t in (0, 1, 30, 59)] == [100] * 4  # no ramp
+    ramp = [users_at("steady", 100, t, 60, ramp_seconds=10) for t in range(0, 15)]
+    assert ramp[:3] == [1, 10, 20] and ramp[5] == 50 and ramp[10:] == [100] * 5
+    assert all(a <= b for a, b in itertools.pairwise(ramp))
+    # the ramp scales the shape, it does not replace it: double11's burst still comes
+    assert users_at("double11", 10, 0.45 * 100, 100, ramp_seconds=10) == 200
+    assert users_at("double11", 10, 5, 100, ramp_seconds=10) == 5
 
 
 def locust(
@@ -223,6 +233,8 @@ def test_distributed_master_and_two_workers(tmp_path: Path) -> None:
             "6",
             "--shape-seconds",
             "10",
+            "--ramp-seconds",
+            "5",
             profile="checkout",
             cwd=tmp_path,
         )
@@ -235,6 +247,10 @@ def test_distributed_master_and_two_workers(tmp_path: Path) -> None:
         records = list((out / "record").glob("*.ids"))
         assert len(records) == 2, "each worker records what it was answered"
         assert all(r.stat().st_size > 0 for r in records)
+        with (out / "stats_stats_history.csv").open() as f:
+            users = [int(row["User Count"]) for row in csv.DictReader(f)]
+        started = [u for u in users if u > 0]
+        assert max(users) == 6 and started[0] < 6, f"the 5 s ramp started them at once: {users}"
     finally:
         for w in workers:
             try:
