@@ -110,11 +110,19 @@ class Authenticator:
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
-    def authenticate(self, presented: str) -> Principal:
-        now = time.monotonic()
+    def cached(self, presented: str) -> Principal | None:
+        """The key's principal if it was checked in the last ``CACHE_TTL_S`` seconds (no
+        database read: callers on the event loop use this first)."""
         hit = self._cache.get(presented)
-        if hit is not None and now - hit[0] < CACHE_TTL_S:
+        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
             return hit[1]
+        return None
+
+    def authenticate(self, presented: str) -> Principal:
+        principal = self.cached(presented)
+        if principal is not None:
+            return principal
+        now = time.monotonic()
         principal = self._check(presented)
         with self._lock:
             if len(self._cache) > 10_000:

@@ -23,13 +23,18 @@ IDEMPOTENCY_TTL_MS: Final = 24 * 3600 * 1000
 IDEMPOTENCY_KEY_MAX: Final = 255
 
 
-def merchant_service(request: Request) -> MerchantService:
+async def merchant_service(request: Request) -> MerchantService:
     service: MerchantService = request.app.state.merchants
     return service
 
 
-def current_merchant(request: Request) -> MerchantContext:
-    """The merchant a key (``Authorization: Bearer sk_...``) belongs to, within its rate."""
+async def current_merchant(request: Request) -> MerchantContext:
+    """The merchant a key (``Authorization: Bearer sk_...``) belongs to, within its rate.
+
+    Async, and so on the event loop: a key checked in the last seconds is in memory, and the
+    rate limit's table is shared memory, so neither needs a thread (FastAPI runs a plain
+    ``def`` dependency on one: a hop there and back on every merchant request). A key not in
+    memory is read from the database on a thread."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.startswith("sk_"):
         raise MerchantError(
@@ -39,8 +44,11 @@ def current_merchant(request: Request) -> MerchantContext:
             headers={"WWW-Authenticate": "Bearer"},
         )
     checker: KeyChecker = request.app.state.merchant_keys
+    token = token.strip()
     try:
-        ctx = checker.authenticate(token.strip())
+        ctx = checker.cached(token)
+        if ctx is None:
+            ctx = await run_in_threadpool(checker.authenticate, token)
     except KeyError_ as exc:
         raise MerchantError(
             401, exc.code, str(exc), headers={"WWW-Authenticate": "Bearer"}

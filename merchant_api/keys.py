@@ -79,11 +79,19 @@ class KeyChecker:
         self._cache: dict[str, tuple[float, MerchantContext]] = {}
         self._lock = threading.Lock()
 
-    def authenticate(self, presented: str) -> MerchantContext:
-        now = time.monotonic()
+    def cached(self, presented: str) -> MerchantContext | None:
+        """The key's context if it was checked in the last ``CACHE_TTL_S`` seconds (no database
+        read: callers on the event loop use this first)."""
         hit = self._cache.get(presented)
-        if hit is not None and now - hit[0] < self.CACHE_TTL_S:
+        if hit is not None and time.monotonic() - hit[0] < self.CACHE_TTL_S:
             return hit[1]
+        return None
+
+    def authenticate(self, presented: str) -> MerchantContext:
+        ctx = self.cached(presented)
+        if ctx is not None:
+            return ctx
+        now = time.monotonic()
         ctx = self._check(presented)
         with self._lock:
             if len(self._cache) > 10_000:

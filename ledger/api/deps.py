@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from ledger.api.errors import APIError
 from ledger.auth import Authenticator, AuthError, Principal
@@ -33,17 +34,25 @@ def wallets_of(request: Request) -> Wallets:
     return wallets
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The API key's principal. Async, and so on the event loop: a key checked in the last
+    seconds is in memory (FastAPI runs a plain ``def`` dependency on a thread: a hop there and
+    back on every request). A key not in memory is read from the database on a thread."""
     if credentials is None:
         raise AuthError("missing_api_key", "send your API key as `Authorization: Bearer <key>`")
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.authenticate(credentials.credentials)
+    principal = authenticator.cached(credentials.credentials)
+    if principal is None:
+        principal = await run_in_threadpool(authenticator.authenticate, credentials.credentials)
+    return principal
 
 
-def require_central_bank(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_central_bank(
+    principal: Annotated[Principal, Depends(get_principal)],
+) -> Principal:
     if not principal.is_central_bank:
         raise APIError(403, "permission_denied", "this needs a central-bank API key")
     return principal

@@ -33,7 +33,7 @@ async def create_payment_order(
         order, created = await run_in_threadpool(service.create_order, ctx, params)
         if body.payment_code:
             await service.capture(ctx, int.from_bytes(order.id, "big"), body.payment_code)
-        view = await run_in_threadpool(service.view, order)
+        view = await run_in_threadpool(service.view, order, merchant=ctx.merchant)
         return JSONResponse(view, status_code=201 if created else 200)
 
     return await idempotent(request, ctx, run)
@@ -41,7 +41,7 @@ async def create_payment_order(
 
 @router.get("/{order_id}")
 def read_payment_order(order_id: str, ctx: MerchantDep, service: ServiceDep) -> Any:
-    return service.view(service.order(ctx, id_or_404(order_id, "payment_order", "payment_order")))
+    return service.order_view(ctx, id_or_404(order_id, "payment_order", "payment_order"))
 
 
 @router.get("")
@@ -66,10 +66,7 @@ def list_payment_orders(
             created_gte=created_gte,
             created_lte=created_lte,
         )
-        for order in page:
-            view = service.view(order)
-            if status is None or view["status"] == status:
-                views.append(view)
+        views += [v for v in service.views(page) if status is None or v["status"] == status]
         if page:
             cursor = int.from_bytes(page[-1].id, "big")
     return {"object": "list", "data": views[:limit], "has_more": has_more or len(views) > limit}

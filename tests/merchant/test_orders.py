@@ -253,6 +253,36 @@ def test_list_is_newest_first_with_a_cursor_and_a_status_filter(pilot: Pilot) ->
     assert bad.status_code == 422
 
 
+def test_a_listed_order_is_shown_as_it_is_read_alone(pilot: Pilot) -> None:
+    """A page reads its orders' outcomes and refunds together: each order must still get its
+    own (paid with refunds, paid, canceled, expired, waiting), and none of another's."""
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=100_000)
+    orders = [
+        pilot.order(shop, 1_000 + i, expires_at=pilot.now_ms() // 1000 + 60) for i in range(6)
+    ]
+    for paid in orders[:3]:
+        assert pilot.pay_order(shopper, paid).json()["result"] == "ok"
+    for i, amount in enumerate((100, 250)):  # two refunds of the first order, one of the third
+        refund = {"payment_order": orders[0]["id"], "amount": amount, "out_refund_no": f"R{i}"}
+        assert pilot.post("/v1/refunds", refund, shop.test, status=201)["status"] == "succeeded"
+    refund = {"payment_order": orders[2]["id"], "amount": 7, "out_refund_no": "R2"}
+    assert pilot.post("/v1/refunds", refund, shop.test, status=201)["status"] == "succeeded"
+    pilot.post(f"/v1/payment_orders/{orders[3]['id']}/cancel", {}, shop.test)
+    later = pilot.order(shop, 999, expires_at=pilot.now_ms() // 1000 + 600)
+    pilot.advance(120)  # the first six have expired unless paid or canceled; not the last
+    listed = pilot.get("/v1/payment_orders?limit=10", shop.test)["data"]
+    alone = [pilot.get(f"/v1/payment_orders/{o['id']}", shop.test) for o in listed]
+    assert listed == alone
+    by_id = {o["id"]: o for o in listed}
+    assert [by_id[o["id"]]["amount_refunded"] for o in orders[:3]] == [350, 0, 7]
+    assert [by_id[o["id"]]["status"] for o in [*orders, later]] == [
+        *["succeeded"] * 3, "canceled", "expired", "expired", "requires_payment"
+    ]  # fmt: skip
+    assert {by_id[o["id"]]["payer"] for o in orders[:3]} == {shopper.id}
+    assert by_id[orders[0]["id"]]["version"] == 4 and by_id[orders[4]["id"]]["version"] == 1
+
+
 # -- cancel and expiry ------------------------------------------------------------------------
 
 
