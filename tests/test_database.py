@@ -129,3 +129,81 @@ def test_a_session_for_writes_waits_for_the_committers_lock(engine: Engine) -> N
     assert seen == [10]
     assert committer.execute("SELECT v FROM t ORDER BY v").fetchall() == [(10,), (11,)]
     committer.close()
+
+
+def test_one_thread_at_a_time_waits_for_the_write_lock(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads of one engine that want to write while another process holds the lock queue in
+    the process; only one at a time tries for SQLite's lock (each try wakes the thread up to
+    1,000 times a second). Once it is free, every one of them writes, in turn."""
+    waiting, most = 0, 0
+    count = threading.Lock()
+    real = database.begin_immediate
+
+    def counted(cursor: sqlite3.Cursor) -> None:
+        nonlocal waiting, most
+        with count:
+            waiting += 1
+            most = max(most, waiting)
+        try:
+            real(cursor)
+        finally:
+            with count:
+                waiting -= 1
+
+    monkeypatch.setattr(database, "begin_immediate", counted)
+    committer = driver(engine)
+    committer.execute("BEGIN IMMEDIATE")
+    errors: list[BaseException] = []
+
+    def write(v: int) -> None:
+        try:
+            with for_writes(engine).begin() as conn:
+                conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": v})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in range(8)]
+    for thread in threads:
+        thread.start()
+    threads[0].join(0.3)
+    assert all(t.is_alive() for t in threads), "wrote while the committer held the write lock"
+    assert most == 1, f"{most} threads tried for the write lock at once"
+    committer.execute("COMMIT")
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert not any(t.is_alive() for t in threads) and not errors, errors
+    assert committer.execute("SELECT v FROM t ORDER BY v").fetchall() == [(v,) for v in range(8)]
+    assert most == 1
+    committer.close()
+
+
+def test_a_writer_queued_in_the_process_gives_up_after_the_busy_timeout(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    committer = driver(engine)
+    committer.execute("BEGIN IMMEDIATE")
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with for_writes(engine).begin() as conn:
+                conn.execute(text("INSERT INTO t VALUES (1)"))
+        except BaseException as exc:  # expected: both give up
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert len(errors) == 2 and all("locked" in str(e) for e in errors), errors
+    codes = [getattr(getattr(e, "orig", e), "sqlite_errorcode", None) for e in errors]
+    assert codes == [sqlite3.SQLITE_BUSY] * 2
+    committer.execute("ROLLBACK")
+    with for_writes(engine).begin() as conn:  # free now: taken at once
+        conn.execute(text("INSERT INTO t VALUES (2)"))
+    assert committer.execute("SELECT v FROM t").fetchall() == [(2,)]
+    committer.close()
