@@ -48,7 +48,13 @@ from sqlmodel import Session, col
 
 from merchant_api.egress import EgressRefused
 from merchant_api.keys import MerchantContext
-from merchant_api.models import WebhookDelivery, WebhookEndpoint, WebhookEvent, newest_first
+from merchant_api.models import (
+    Merchant,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+    newest_first,
+)
 from merchant_api.service import MerchantError, MerchantService
 from wallet_sdk.webhooks import generate_secret, signature_header
 
@@ -172,7 +178,13 @@ def create_endpoint(
     """A new enabled endpoint with a fresh ``whsec_`` secret (the caller shows it once)."""
     url = _check_url(service, url, ctx.livemode)
     events = _check_events(enabled_events)
-    with Session(service.engine) as session:  # read, then write in a transaction of its own
+    # Counted and added in one write transaction, with the merchant's row locked on PostgreSQL
+    # (SQLite's BEGIN IMMEDIATE already lets one writer in): two requests at once cannot both
+    # take the last place.
+    with Session(service.writes) as session:
+        session.execute(
+            select(col(Merchant.id)).where(col(Merchant.id) == ctx.merchant_id).with_for_update()
+        )
         count = session.execute(
             select(func.count())
             .select_from(WebhookEndpoint)
@@ -187,7 +199,6 @@ def create_endpoint(
                 "endpoint_limit_reached",
                 f"at most {ENDPOINTS_MAX} webhook endpoints per mode; delete one first",
             )
-    with Session(service.engine) as session:
         endpoint = WebhookEndpoint(
             id="we_" + secrets.token_hex(12),
             merchant_id=ctx.merchant_id,

@@ -657,3 +657,38 @@ def test_bad_input_is_a_clear_422(
     shown = pilot.get(f"/v1/webhook_endpoints/{existing['id']}", headers)
     assert (shown["url"], shown["enabled_events"]) == ("https://shop.example/ok", ["*"])
     assert len(pilot.get("/v1/webhook_endpoints", headers)["data"]) == 1
+
+
+def test_at_most_sixteen_endpoints_per_mode_even_when_added_at_once(
+    pilot: Pilot, receiver: Receiver
+) -> None:
+    """The limit is counted in the transaction that adds the endpoint: four requests for the
+    last place at once get it once."""
+    shop = pilot.merchant()
+    for i in range(webhooks.ENDPOINTS_MAX - 1):
+        add_endpoint(pilot, shop, receiver.url(f"/{i}"))
+    barrier = threading.Barrier(4)
+    statuses: list[int] = []
+    codes: list[str] = []
+
+    def add(i: int) -> None:
+        barrier.wait()
+        body = {"url": receiver.url(f"/last{i}")}
+        response = pilot.api.post("/v1/webhook_endpoints", json=body, headers=shop.test)
+        statuses.append(response.status_code)
+        if response.status_code == 409:
+            codes.append(response.json()["error"]["code"])
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [201, 409, 409, 409], statuses
+    assert codes == ["endpoint_limit_reached"] * 3
+    listed = pilot.get("/v1/webhook_endpoints?limit=100", shop.test)["data"]
+    assert len(listed) == webhooks.ENDPOINTS_MAX
+    refused = pilot.post(
+        "/v1/webhook_endpoints", {"url": receiver.url("/x")}, shop.test, status=None
+    )
+    assert refused.status_code == 409
