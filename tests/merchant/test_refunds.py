@@ -9,6 +9,7 @@ import threading
 import uuid
 from typing import Any
 
+from ledger.store.database import for_writes, make_engine
 from merchant_api.keys import MerchantContext
 from tests.merchant.conftest import Pilot, Shop, W
 from tests.merchant.test_orders import error
@@ -44,6 +45,31 @@ def test_partial_refunds_up_to_the_amount_paid(pilot: Pilot) -> None:
     assert [(r["out_refund_no"], r["amount"]) for r in listed] == [("R-1", 300), ("R-2", 700)]
     one = pilot.get(f"/v1/refunds/{first.json()['id']}", shop.test)
     assert one == first.json()
+
+
+def test_a_refund_needs_one_pooled_connection_at_a_time(pilot: Pilot) -> None:
+    """A refund's row is written while its transaction holds the write lock; were anything in it
+    read through a second connection, it could wait for the pool while every other pooled
+    connection is held by writers waiting for that lock (the pilot profile at 300 users stalled
+    so). With a pool of one connection, the refund must still go through."""
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+    order = paid_order(pilot, shop, shopper, 1_000)
+    service = pilot.merchants
+    url = service.engine.url.render_as_string(hide_password=False)
+    one = make_engine(url, pool_size=1, max_overflow=0, pool_timeout=2)
+    engine, writes = service.engine, service.writes
+    service.engine, service.writes = one, for_writes(one)
+    try:
+        answer = refund(pilot, shop, order, 300, "R-1")
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["status"] == "succeeded"
+        assert refund(pilot, shop, order, 700, "R-2").json()["status"] == "succeeded"
+        assert error(refund(pilot, shop, order, 1, "R-3"), 422) == "amount_exceeds_refundable"
+    finally:
+        service.engine, service.writes = engine, writes
+        one.dispose()
+    assert pilot.balance(shopper.id) == 10_000
 
 
 def test_out_refund_no_is_idempotent_and_conflicts_on_other_parameters(pilot: Pilot) -> None:
