@@ -12,8 +12,9 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from sqlalchemy import Engine, select, update
 from sqlmodel import Session, col
@@ -102,33 +103,50 @@ def has_central_bank_key(engine: Engine) -> bool:
         return row is not None
 
 
-class Authenticator:
-    """Checks presented keys against the database, with a short cache."""
+Checked = TypeVar("Checked")
+KEY_CACHE_MAX: Final = 10_000
+"""Keys a ``KeyCache`` remembers; past that it starts again empty."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._cache: dict[str, tuple[float, Principal]] = {}
+
+class KeyCache(Generic[Checked]):
+    """What checking each presented API key found, remembered for ``CACHE_TTL_S`` seconds (a
+    key that failed its check is not remembered). The ledger's and the merchant API's keys."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[float, Checked]] = {}
         self._lock = threading.Lock()
 
-    def cached(self, presented: str) -> Principal | None:
-        """The key's principal if it was checked in the last ``CACHE_TTL_S`` seconds (no
-        database read: callers on the event loop use this first)."""
-        hit = self._cache.get(presented)
+    def get(self, presented: str) -> Checked | None:
+        """What the key's check found in the last ``CACHE_TTL_S`` seconds, else None. No
+        database read: callers on the event loop use this first."""
+        hit = self._found.get(presented)
         if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
             return hit[1]
         return None
 
-    def authenticate(self, presented: str) -> Principal:
-        principal = self.cached(presented)
-        if principal is not None:
-            return principal
+    def check(self, presented: str, check: Callable[[str], Checked]) -> Checked:
+        """From memory, else ``check(presented)``, which raises for a key that is not valid."""
+        found = self.get(presented)
+        if found is not None:
+            return found
         now = time.monotonic()
-        principal = self._check(presented)
+        found = check(presented)
         with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[presented] = (now, principal)
-        return principal
+            if len(self._found) > KEY_CACHE_MAX:
+                self._found.clear()
+            self._found[presented] = (now, found)
+        return found
+
+
+class Authenticator:
+    """Checks presented keys against the database, with a short cache (``keys``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.keys: KeyCache[Principal] = KeyCache()
+
+    def authenticate(self, presented: str) -> Principal:
+        return self.keys.check(presented, self._check)
 
     def _check(self, presented: str) -> Principal:
         parts = presented.split("_")

@@ -46,7 +46,7 @@ async def current_merchant(request: Request) -> MerchantContext:
     checker: KeyChecker = request.app.state.merchant_keys
     token = token.strip()
     try:
-        ctx = checker.cached(token)
+        ctx = checker.keys.get(token)
         if ctx is None:
             ctx = await run_in_threadpool(checker.authenticate, token)
     except KeyError_ as exc:

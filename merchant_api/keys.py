@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -19,6 +18,7 @@ from typing import Final
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from ledger.auth import KeyCache
 from merchant_api.models import Merchant, MerchantKey
 from merchant_api.ratelimit import SharedBuckets
 
@@ -69,35 +69,15 @@ def issue_key(engine: Engine, merchant_id: str, livemode: bool) -> str:
 
 
 class KeyChecker:
-    """Authenticates keys (with a short cache) and applies each key's rate limit."""
-
-    CACHE_TTL_S: Final = 10.0
+    """Authenticates keys (with a short cache, ``keys``) and applies each key's rate limit."""
 
     def __init__(self, engine: Engine, buckets: SharedBuckets) -> None:
         self.engine = engine
         self.buckets = buckets
-        self._cache: dict[str, tuple[float, MerchantContext]] = {}
-        self._lock = threading.Lock()
-
-    def cached(self, presented: str) -> MerchantContext | None:
-        """The key's context if it was checked in the last ``CACHE_TTL_S`` seconds (no database
-        read: callers on the event loop use this first)."""
-        hit = self._cache.get(presented)
-        if hit is not None and time.monotonic() - hit[0] < self.CACHE_TTL_S:
-            return hit[1]
-        return None
+        self.keys: KeyCache[MerchantContext] = KeyCache()
 
     def authenticate(self, presented: str) -> MerchantContext:
-        ctx = self.cached(presented)
-        if ctx is not None:
-            return ctx
-        now = time.monotonic()
-        ctx = self._check(presented)
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[presented] = (now, ctx)
-        return ctx
+        return self.keys.check(presented, self._check)
 
     def _check(self, presented: str) -> MerchantContext:
         livemode = presented.startswith(PREFIX[True])

@@ -387,7 +387,8 @@ class MerchantService:
     def order_view(self, ctx: MerchantContext, order_id: int) -> dict[str, Any]:
         """The caller's order (as ``order``) and its ``view``, read in one session."""
         with Session(self.engine) as session:
-            return self._views_in(session, [self._order_in(session, ctx, order_id)])[0]
+            order = self._order_in(session, ctx, order_id)
+            return self._views_in(session, [order], merchant=ctx.merchant)[0]
 
     def _views_in(
         self,

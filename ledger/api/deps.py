@@ -44,7 +44,7 @@ async def get_principal(
     if credentials is None:
         raise AuthError("missing_api_key", "send your API key as `Authorization: Bearer <key>`")
     authenticator: Authenticator = request.app.state.authenticator
-    principal = authenticator.cached(credentials.credentials)
+    principal = authenticator.keys.get(credentials.credentials)
     if principal is None:
         principal = await run_in_threadpool(authenticator.authenticate, credentials.credentials)
     return principal

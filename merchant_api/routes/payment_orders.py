@@ -66,7 +66,8 @@ def list_payment_orders(
             created_gte=created_gte,
             created_lte=created_lte,
         )
-        views += [v for v in service.views(page) if status is None or v["status"] == status]
+        found = service.views(page, merchant=ctx.merchant)
+        views += [v for v in found if status is None or v["status"] == status]
         if page:
             cursor = int.from_bytes(page[-1].id, "big")
     return {"object": "list", "data": views[:limit], "has_more": has_more or len(views) > limit}
