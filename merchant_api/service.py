@@ -127,6 +127,22 @@ class Onboarded:
     live_key: str
 
 
+@dataclass(frozen=True)
+class Payment:
+    """An order's payment as the ledger answered it: the order, the transfer, the ledger's
+    result and ``paid``, the order's view as that transfer commits it (its webhook event's
+    object). ``paid`` is the order as it stands only when the transfer was accepted just now
+    (``paid_now``); a refusal or a replay says nothing of what happened to it since."""
+
+    order: PaymentOrder
+    transfer: Transfer
+    result: OpResult
+    paid: dict[str, Any]
+
+    def paid_now(self) -> bool:
+        return self.result.codes[0] == Result.OK and 0 not in self.result.replayed
+
+
 class MerchantService:
     def __init__(
         self,
@@ -305,18 +321,36 @@ class MerchantService:
         """The order (as ``order``) and its merchant, read in one session; 409 unless it can
         still be paid. A paid order goes on to the ledger, which answers a retried payment with
         its first result and anyone else with a conflict."""
-        with Session(self.engine) as session:
-            order = self._order_in(session, ctx, order_id)
-            status = self.status(order, session.get(OrderTransition, order.id))
-            merchant = session.get(Merchant, order.merchant_id)
+        with Session(self.engine) as session:  # one query, not three: the busiest route
+            order, transition, merchant = self._with_outcome(session, ctx, order_id, merchant=True)
+        status = self.status(order, transition)
         if status in ("canceled", "expired"):
             raise MerchantError(409, "order_not_payable", f"the order is {status}", "payment_order")
-        assert merchant is not None
         return order, merchant
+
+    def _with_outcome(
+        self, session: Session, ctx: MerchantContext | None, order_id: int, merchant: bool = False
+    ) -> Any:
+        """The order (as ``order``) and its outcome (or None), and with ``merchant`` its
+        merchant, in one query."""
+        models: tuple[Any, ...] = (PaymentOrder, OrderTransition)
+        query = select(*models, Merchant) if merchant else select(*models)
+        if merchant:
+            query = query.join(Merchant, col(Merchant.id) == col(PaymentOrder.merchant_id))
+        query = query.join(
+            OrderTransition, col(OrderTransition.order_id) == col(PaymentOrder.id), isouter=True
+        ).where(col(PaymentOrder.id) == id_bytes(order_id))
+        row = session.execute(query).first()
+        self._callers(row[0] if row else None, ctx)
+        return row
 
     @staticmethod
     def _order_in(session: Session, ctx: MerchantContext | None, order_id: int) -> PaymentOrder:
-        order = session.get(PaymentOrder, id_bytes(order_id))
+        return MerchantService._callers(session.get(PaymentOrder, id_bytes(order_id)), ctx)
+
+    @staticmethod
+    def _callers(order: PaymentOrder | None, ctx: MerchantContext | None) -> PaymentOrder:
+        """The order; 404 unless it exists and, with a context, is the caller's in its mode."""
         if order is None or (ctx is not None and order.merchant_id != ctx.merchant_id):
             raise MerchantError(
                 404, "payment_order_not_found", "no such payment order", "payment_order"
@@ -371,6 +405,10 @@ class MerchantService:
             return self._render(order, merchant, None, [], predicted)
         return self.views([order], predicted=predicted, merchant=merchant)[0]
 
+    def new_order_view(self, order: PaymentOrder, merchant: Merchant) -> dict[str, Any]:
+        """``view`` of an order just made (no outcome, no refunds): nothing to read."""
+        return self._render(order, merchant, None, [], None)
+
     def views(
         self,
         orders: Sequence[PaymentOrder],
@@ -387,8 +425,9 @@ class MerchantService:
     def order_view(self, ctx: MerchantContext, order_id: int) -> dict[str, Any]:
         """The caller's order (as ``order``) and its ``view``, read in one session."""
         with Session(self.engine) as session:
-            order = self._order_in(session, ctx, order_id)
-            return self._views_in(session, [order], merchant=ctx.merchant)[0]
+            order, transition = self._with_outcome(session, ctx, order_id)
+            refunds = self._refunds_in(session, [order.id])
+        return self._render(order, ctx.merchant, transition, refunds, None)
 
     def _views_in(
         self,
@@ -513,7 +552,9 @@ class MerchantService:
         payer: int | None,
         method: str | None,
         merchant: Merchant | None = None,
-    ) -> list[Attachment]:
+    ) -> tuple[list[Attachment], dict[str, Any]]:
+        """What commits with the outcome (its transition and webhook event), and the order's
+        view once it has: the event's object."""
         at = self.clock_ms()
         transition = Attachment(
             "payment_order_transitions",
@@ -524,15 +565,16 @@ class MerchantService:
         view["payer"] = uuid_of(payer) if payer else None
         view["paid_with"] = method
         event = self._event(order.merchant_id, order.livemode, f"payment_order.{status}", view)
-        return [transition, event]
+        return [transition, event], view
 
     # -- paying an order ---------------------------------------------------------------------------
 
     def _order_payment(
         self, order_id: int, body: OrderPayment
-    ) -> tuple[PaymentOrder, SignedPayment]:
-        """The order and the payment of it that ``body`` signs (the order id is its id, the
-        merchant's wallet its payee). Run on a thread: it reads the database."""
+    ) -> tuple[PaymentOrder, SignedPayment, dict[str, Any]]:
+        """The order, the payment of it that ``body`` signs (the order id is its id, the
+        merchant's wallet its payee) and the order's view once that payment is committed. Run on
+        a thread: it reads the database."""
         order, merchant = self._order_to_pay(None, order_id)
         if body.amount != order.amount:
             raise MerchantError(422, "amount_mismatch", "pay the order's amount", "amount")
@@ -541,24 +583,25 @@ class MerchantService:
             body.key_version, body.signature, currency=body.currency,
         )  # fmt: skip
         payment.attempt = True
-        payment.attachments = self._order_outcome(order, "succeeded", payment.payer, "qr", merchant)
-        return order, payment
+        payment.attachments, paid = self._order_outcome(
+            order, "succeeded", payment.payer, "qr", merchant
+        )
+        return order, payment, paid
 
-    async def pay(
-        self, order_id: int, body: OrderPayment
-    ) -> tuple[PaymentOrder, Transfer, OpResult]:
+    async def pay(self, order_id: int, body: OrderPayment) -> Payment:
         """A wallet pays an order (merchant-presented QR): one transfer, id = order id."""
-        order, payment = await run_in_threadpool(self._order_payment, order_id, body)
+        order, payment, paid = await run_in_threadpool(self._order_payment, order_id, body)
         transfers, result = await self.wallets.pay([payment], receipts=True)
         self._raise_if_taken(result)
-        return order, transfers[0], result
+        return Payment(order, transfers[0], result, paid)
 
     def _capture_transfer(
         self, ctx: MerchantContext, order_id: int, code_text: str
-    ) -> tuple[PaymentOrder, Transfer]:
-        """The order and the transfer that captures the customer's code for it, once the code
-        is checked (signature, key, expiry, maximum). Run on a thread: it reads the database and
-        asks the writer for the payer's wallet."""
+    ) -> tuple[PaymentOrder, Transfer, dict[str, Any]]:
+        """The order, the transfer that captures the customer's code for it, once the code is
+        checked (signature, key, expiry, maximum), and the order's view once that transfer is
+        committed. Run on a thread: it reads the database and asks the writer for the payer's
+        wallet."""
         order, merchant = self._order_to_pay(ctx, order_id)
         try:
             code = signing.PaymentCode.decode(code_text)
@@ -593,24 +636,24 @@ class MerchantService:
             TransferFlags.ATTEMPT,
             authorization=code.authorization(),
         )
-        transfer.attachments = self._order_outcome(
+        transfer.attachments, paid = self._order_outcome(
             order, "succeeded", code.payer, "payment_code", merchant
         )
-        return order, transfer
+        return order, transfer, paid
 
-    async def capture(
-        self, ctx: MerchantContext, order_id: int, code_text: str
-    ) -> tuple[PaymentOrder, Transfer, OpResult]:
+    async def capture(self, ctx: MerchantContext, order_id: int, code_text: str) -> Payment:
         """The merchant's till captures a payment code the customer shows (customer-presented
         mode): checked here, single use in the writer."""
-        order, transfer = await run_in_threadpool(self._capture_transfer, ctx, order_id, code_text)
+        order, transfer, paid = await run_in_threadpool(
+            self._capture_transfer, ctx, order_id, code_text
+        )
         result = await self.ledger.execute(OP_CREATE_TRANSFERS, [transfer], None, receipts=True)
         self._raise_if_taken(result)
         if result.codes[0] == Result.PAYMENT_CODE_USED:
             raise MerchantError(
                 409, "payment_code_used", "this payment code was already used", "payment_code"
             )
-        return order, transfer, result
+        return Payment(order, transfer, result, paid)
 
     @staticmethod
     def _raise_if_taken(result: OpResult) -> None:
@@ -635,7 +678,7 @@ class MerchantService:
         self, ctx: MerchantContext, order_id: int
     ) -> tuple[PaymentOrder, CancelTransferId]:
         order = self.order(ctx, order_id)
-        outcome = self._order_outcome(order, "canceled", None, None)
+        outcome, _ = self._order_outcome(order, "canceled", None, None)
         return order, CancelTransferId(order_id, "canceled", outcome)
 
     def _canceled_view(self, order: PaymentOrder) -> dict[str, Any]:
@@ -664,7 +707,7 @@ class MerchantService:
             CancelTransferId(
                 int.from_bytes(o[0].id, "big"),
                 "expired",
-                self._order_outcome(o[0], "expired", None, None),
+                self._order_outcome(o[0], "expired", None, None)[0],
             )
             for o in due
         ]

@@ -12,9 +12,10 @@ from ledger.api.deps import ReaderDep
 from ledger.api.errors import id_or_404
 from ledger.api.responses import JSONResponse
 from ledger.api.views import item_results, receipt
+from ledger.store.queries import Reader
 from merchant_api.deps import MerchantDep, ServiceDep, idempotent
 from merchant_api.schemas import CaptureCode, OrderCreate, OrderPayment
-from merchant_api.service import MerchantService
+from merchant_api.service import MerchantService, Payment
 
 router = APIRouter(prefix="/v1/payment_orders", tags=["payment orders"])
 PAGE_LIMIT_MAX = 100
@@ -33,6 +34,8 @@ async def create_payment_order(
         order, created = await run_in_threadpool(service.create_order, ctx, params)
         if body.payment_code:
             await service.capture(ctx, int.from_bytes(order.id, "big"), body.payment_code)
+        elif created:  # nothing has happened to it yet: nothing to read
+            return JSONResponse(service.new_order_view(order, ctx.merchant), status_code=201)
         view = await run_in_threadpool(service.view, order, merchant=ctx.merchant)
         return JSONResponse(view, status_code=201 if created else 200)
 
@@ -94,11 +97,10 @@ async def capture_payment_code(
     ledger checks its signature, expiry and single use, and pays the order once."""
 
     async def run() -> JSONResponse:
-        order, transfer, result = await service.capture(
+        paid = await service.capture(
             ctx, id_or_404(order_id, "payment_order", "payment_order"), body.payment_code
         )
-        view = await run_in_threadpool(_outcome, service, order, transfer, result, None, None)
-        return JSONResponse(view)
+        return JSONResponse(await _outcome(service, paid, None))
 
     return await idempotent(request, ctx, run)
 
@@ -110,25 +112,34 @@ async def pay_payment_order(
     """A wallet pays an order it scanned: a payment signed by the payer whose id is the order
     id. No API key: the signature is the authority. Exactly once, however many try."""
     oid = id_or_404(order_id, "payment_order", "payment_order")
-    order, transfer, result = await service.pay(oid, body)
-    view = await run_in_threadpool(_outcome, service, order, transfer, result, reader, request)
-    return JSONResponse(view)
+    return JSONResponse(await _outcome(service, await service.pay(oid, body), reader))
 
 
-def _outcome(
-    service: MerchantService, order: Any, transfer: Any, result: Any, reader: Any, request: Any
+async def _outcome(
+    service: MerchantService, paid: Payment, reader: Reader | None
 ) -> dict[str, Any]:
-    """A payment's answer, with the order's view (and the receipt, given a reader). Run on a
-    thread: the view reads the database."""
-    item = item_results([transfer], result)["results"][0]
+    """A payment's answer, with the order's view (and the receipt, given a reader). A payment
+    accepted just now answers from memory: the order's view is the one its transfer committed,
+    the receipt comes from the writer's batch. Any other answer reads the order as it stands
+    now, on a thread."""
+    item = item_results([paid.transfer], paid.result)["results"][0]
+    if paid.paid_now():
+        view = paid.paid
+    else:
+        view = await run_in_threadpool(service.view, paid.order)
     out = {
         "result": item["result"],
         "replayed": item["replayed"],
         "seq": item["seq"],
         "limit": item.get("limit"),
-        "payment_order": service.view(order),
+        "payment_order": view,
     }
     if reader is not None and item["result"] == "ok" and item["seq"] is not None:
-        key = service.ledger.public_key
-        out["receipt"] = receipt(reader, item["seq"], result.tree_size, key, result.committed)
+        key, result = service.ledger.public_key, paid.result
+        if paid.paid_now():
+            out["receipt"] = receipt(reader, item["seq"], result.tree_size, key, result.committed)
+        else:
+            out["receipt"] = await run_in_threadpool(
+                receipt, reader, item["seq"], result.tree_size, key, result.committed
+            )
     return out

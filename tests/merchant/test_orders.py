@@ -286,6 +286,38 @@ def test_a_listed_order_is_shown_as_it_is_read_alone(pilot: Pilot) -> None:
 # -- cancel and expiry ------------------------------------------------------------------------
 
 
+def test_answers_made_from_memory_equal_the_order_read_afterwards(pilot: Pilot) -> None:
+    """A new order's answer, and a payment's accepted just now, are built without reading the
+    order back; each must equal a GET made afterwards. A replayed payment reads the order as it
+    stands now: after a refund, its answer shows the refund."""
+    shop = pilot.merchant()
+    shopper = pilot.wallet(top_up=10_000)
+
+    def read(order: dict[str, Any]) -> Any:
+        return pilot.get(f"/v1/payment_orders/{order['id']}", shop.test)
+
+    order = pilot.order(shop, 1_000, description="noodles", metadata={"till": "2"})
+    assert order == read(order)
+    paid = pilot.pay_order(shopper, order).json()
+    assert paid["replayed"] is False and paid["payment_order"] == read(order)
+    assert paid["payment_order"]["version"] == 2
+
+    captured = pilot.order(shop, 600)
+    code = pilot.payment_code(shopper, 600)
+    answer = pilot.post(
+        f"/v1/payment_orders/{captured['id']}/capture_code", {"payment_code": code}, shop.test
+    )
+    assert answer["payment_order"] == read(captured)
+    assert answer["payment_order"]["paid_with"] == "payment_code"
+
+    body = {"payment_order": order["id"], "amount": 300, "out_refund_no": "R-1"}
+    assert pilot.post("/v1/refunds", body, shop.test, status=201)["status"] == "succeeded"
+    again = pilot.pay_order(shopper, order).json()
+    assert again["replayed"] is True
+    assert again["payment_order"]["amount_refunded"] == 300
+    assert again["payment_order"] == read(order)
+
+
 def test_cancel_is_idempotent_and_final(pilot: Pilot) -> None:
     shop = pilot.merchant()
     shopper = pilot.wallet(top_up=10_000)
