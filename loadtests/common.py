@@ -33,6 +33,7 @@ from typing import Any, Final, TextIO
 import gevent
 from gevent.lock import Semaphore
 from locust import LoadTestShape, events
+from locust import log as locust_log
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
@@ -292,6 +293,10 @@ def _quitting(environment: Environment, **_: Any) -> None:
         breaches.append(f"failure ratio {total.fail_ratio:.4f} > {options.slo_failure_ratio:g}")
     if p99 > options.slo_p99_ms:
         breaches.append(f"p99 {p99:.0f} ms > {options.slo_p99_ms:g} ms")
+    runner = environment.runner
+    crashed = sum(e["count"] for e in runner.exceptions.values()) if runner is not None else 0
+    if crashed:
+        breaches.append(f"{crashed} exceptions in the load users' own code (see the report)")
     summary["slo_breaches"] = breaches
     if options.headless and not options.no_audit:
         summary["audit"] = _audit(options.ledger_database)
@@ -320,8 +325,12 @@ def _quitting(environment: Environment, **_: Any) -> None:
         total.fail_ratio,
         out,
     )
+    # set either way: left unset, locust exits 1 on any failed request, even within the bound
+    # (its 2 for a greenlet's unhandled exception stays)
     if breaches:
         environment.process_exit_code = 1
+    elif not locust_log.unhandled_greenlet_exception:
+        environment.process_exit_code = 0
 
 
 def _audit(database_url: str) -> dict[str, Any]:
