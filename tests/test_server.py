@@ -9,6 +9,7 @@ is ``tests/test_crash.py``."""
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import signal
 import time
@@ -97,3 +98,26 @@ def test_workers_die_with_their_writer(two_workers: ServeProcess) -> None:
         time.sleep(0.05)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{two_workers.base}/healthz", timeout=5)
+
+
+def test_an_idle_keep_alive_connection_stays_open_past_uvicorns_default(
+    two_workers: ServeProcess,
+) -> None:
+    """A connection left idle for longer than uvicorn's default keep-alive (5 s) still answers:
+    a client sending on it as the server closed it would get no answer at all."""
+    from ledger.worker import KEEP_ALIVE_S
+
+    assert KEEP_ALIVE_S > 6
+    conn = http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read()
+        opened = conn.sock
+        time.sleep(6.5)  # past uvicorn's default of 5 s
+        conn.request("GET", "/healthz")  # on the same socket (it would raise, were it closed)
+        assert conn.sock is opened
+        second = conn.getresponse()
+        assert second.status == 200 and second.read()
+    finally:
+        conn.close()
