@@ -28,7 +28,8 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nacl.signing import SigningKey
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
@@ -85,6 +86,9 @@ EVENT: Final = (
     "payload",
     "created_at_ms",
 )
+
+
+ORDERS: Final[Table] = PaymentOrder.__table__  # type: ignore[attr-defined]
 
 
 class MerchantError(Exception):
@@ -157,6 +161,12 @@ class MerchantService:
         self.wallets = wallets
         self.engine = ledger.db
         self.writes = for_writes(self.engine)
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        self._insert_order = (
+            dialect.insert(ORDERS)
+            .on_conflict_do_nothing(index_elements=["merchant_id", "livemode", "out_trade_no"])
+            .returning(ORDERS.c.id)
+        )  # a row when inserted (psycopg's rowcount here is -1)
         self._aead = AESGCM(secret_key)
         self.clock_ms = clock_ms
         self.egress = egress if egress is not None else EgressPolicy.from_env()
@@ -255,7 +265,7 @@ class MerchantService:
     # -- orders ------------------------------------------------------------------------------------
 
     def create_order(
-        self, ctx: MerchantContext, params: dict[str, Any], *, _retry: bool = True
+        self, ctx: MerchantContext, params: dict[str, Any]
     ) -> tuple[PaymentOrder, bool]:
         """A new order, or the open one already made with this out_trade_no and the same
         parameters (409 ``out_trade_no_conflict`` if they differ)."""
@@ -269,46 +279,42 @@ class MerchantService:
                 "expires_at",
             )
         digest = params_hash({k: v for k, v in params.items() if k != "out_trade_no"})
-        # every column is set here, so the new row need not be read back after the commit
-        with Session(self.writes, expire_on_commit=False) as session:
-            existing = session.execute(
-                select(PaymentOrder).where(
-                    col(PaymentOrder.merchant_id) == ctx.merchant_id,
-                    col(PaymentOrder.livemode) == ctx.mode,
-                    col(PaymentOrder.out_trade_no) == params["out_trade_no"],
+        order = PaymentOrder(
+            id=id_bytes(uuid.uuid4().int),
+            merchant_id=ctx.merchant_id,
+            livemode=ctx.mode,
+            amount=params["amount"],
+            currency=params.get("currency", "CNY"),
+            out_trade_no=params["out_trade_no"],
+            description=params.get("description", ""),
+            expires_at_ms=now + ttl_s * 1000,
+            metadata_json=json.dumps(params.get("metadata", {}), sort_keys=True),
+            params_hash=digest,
+            created_at_ms=now,
+        )
+        # One statement, not the ORM's read and unit of work: the out_trade_no's unique index
+        # decides between a new order and the one already made (also one made concurrently:
+        # PostgreSQL waits for that transaction, SQLite's write lock serialises them).
+        with self.writes.begin() as conn:
+            values = {c.name: getattr(order, c.name) for c in ORDERS.columns}
+            if conn.execute(self._insert_order.values(values)).first() is not None:
+                return order, True
+            row = conn.execute(
+                select(ORDERS).where(
+                    ORDERS.c.merchant_id == ctx.merchant_id,
+                    ORDERS.c.livemode == ctx.mode,
+                    ORDERS.c.out_trade_no == params["out_trade_no"],
                 )
-            ).first()
-            if existing is not None:
-                order = existing[0]
-                if order.params_hash != digest:
-                    raise MerchantError(
-                        409,
-                        "out_trade_no_conflict",
-                        "an order with this out_trade_no exists with other parameters",
-                        "out_trade_no",
-                    )
-                return order, False
-            order = PaymentOrder(
-                id=id_bytes(uuid.uuid4().int),
-                merchant_id=ctx.merchant_id,
-                livemode=ctx.mode,
-                amount=params["amount"],
-                currency=params.get("currency", "CNY"),
-                out_trade_no=params["out_trade_no"],
-                description=params.get("description", ""),
-                expires_at_ms=now + ttl_s * 1000,
-                metadata_json=json.dumps(params.get("metadata", {}), sort_keys=True),
-                params_hash=digest,
-                created_at_ms=now,
+            ).one()
+        existing = PaymentOrder(**row._mapping)
+        if existing.params_hash != digest:
+            raise MerchantError(
+                409,
+                "out_trade_no_conflict",
+                "an order with this out_trade_no exists with other parameters",
+                "out_trade_no",
             )
-            session.add(order)
-            try:
-                session.commit()
-            except IntegrityError:  # the same out_trade_no, made concurrently: answer with it
-                if _retry:
-                    return self.create_order(ctx, params, _retry=False)
-                raise
-        return order, True
+        return existing, False
 
     def order(self, ctx: MerchantContext | None, order_id: int) -> PaymentOrder:
         """The order; with a context, only the caller's (in its mode): 404 otherwise."""

@@ -6,7 +6,6 @@ Runs are short (seconds); the README gives the long ones."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
@@ -155,6 +154,29 @@ def test_pilot_profile_meets_its_slo_and_every_acknowledged_id_is_in_the_journal
         server.stop()
 
 
+GATE_SCRIPT = """
+import argparse, sys
+from locust.env import Environment
+from loadtests import common
+
+failures, crashes, report_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+options = argparse.Namespace(
+    locustfile="pilot.py", shape="steady", base_users=1, headless=True, no_audit=True,
+    slo_failure_ratio=0.01, slo_p99_ms=500.0, report_dir=report_dir,
+)
+environment = Environment(parsed_options=options)
+runner = environment.create_local_runner()
+for _ in range(crashes):
+    runner.log_exception("local", "KeyError: 'qr_code'", "Traceback ...")
+for i in range(200):
+    if i < failures:
+        environment.stats.log_error("GET", "/v1/wallets/[me]", "HTTP 503")
+    environment.stats.log_request("GET", "/v1/wallets/[me]", 10, 100)
+common._quitting(environment)
+print("exit code", environment.process_exit_code)
+"""
+
+
 @pytest.mark.parametrize(
     ("failures", "crashes", "code"), [(1, 0, 0), (2, 0, 0), (3, 0, 1), (0, 1, 1)]
 )
@@ -163,25 +185,18 @@ def test_the_gate_decides_the_exit_code_from_the_failure_ratio(
 ) -> None:
     """Failed requests within ``--slo-failure-ratio`` pass the gate: the process exits 0, not
     with locust's own 1 for any failure. Over the bound it exits 1, as it does when a load
-    user's own code raised."""
-    from locust.env import Environment
-
-    from loadtests import common
-
-    options = argparse.Namespace(
-        locustfile="pilot.py", shape="steady", base_users=1, headless=True, no_audit=True,
-        slo_failure_ratio=0.01, slo_p99_ms=500.0, report_dir=str(tmp_path),
-    )  # fmt: skip
-    environment = Environment(parsed_options=options)
-    runner = environment.create_local_runner()
-    for _ in range(crashes):
-        runner.log_exception("local", "KeyError: 'qr_code'", "Traceback ...")
-    for i in range(200):
-        if i < failures:
-            environment.stats.log_error("GET", "/v1/wallets/[me]", "HTTP 503")
-        environment.stats.log_request("GET", "/v1/wallets/[me]", 10, 100)
-    common._quitting(environment)
-    assert environment.process_exit_code == code
+    user's own code raised. The gate runs on a real locust ``Environment``, in a process of its
+    own (importing locust patches the whole process for gevent)."""
+    args = [str(failures), str(crashes), str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "-c", GATE_SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        timeout=LOCUST_TIMEOUT_S,
+        cwd=PROFILES.parent,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().endswith(f"exit code {code}"), run.stdout
     result = summary(tmp_path)
     assert result["failures"] == failures and result["ok"] is (code == 0)
     assert any("exceptions" in b for b in result["slo_breaches"]) is bool(crashes)  # type: ignore[attr-defined]

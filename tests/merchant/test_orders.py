@@ -177,6 +177,37 @@ def test_out_trade_no_returns_the_open_order_or_conflicts(pilot: Pilot) -> None:
     assert live["livemode"] is True and live["id"] != first["id"]
 
 
+def test_one_out_trade_no_sent_at_once_makes_one_order(pilot: Pilot) -> None:
+    """Tills retrying at once: one order is made (201), the others get it (200); a request
+    with other parameters gets a conflict. Nothing is made twice."""
+    shop = pilot.merchant()
+    same = {"amount": 900, "out_trade_no": "T-RACE", "description": "soup"}
+    bodies = [same] * 5 + [{**same, "amount": 901}]
+    barrier = threading.Barrier(len(bodies))
+    answers: list[tuple[int, Any]] = []
+
+    def create(body: dict[str, Any]) -> None:
+        barrier.wait()
+        response = pilot.api.post("/v1/payment_orders", json=body, headers=shop.test)
+        answers.append((response.status_code, response.json()))
+
+    threads = [threading.Thread(target=create, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(status for status, _ in answers)
+    made = {a["id"] for status, a in answers if status in (200, 201)}
+    first = [a for status, a in answers if status == 201]
+    assert len(first) == 1 and len(made) == 1
+    if first[0]["amount"] == 900:  # the five's order was made: the other one conflicts
+        assert statuses == [200] * 4 + [201, 409]
+    else:  # the other one came first: the five conflict
+        assert statuses == [201] + [409] * 5
+    listed = pilot.get("/v1/payment_orders?limit=100", shop.test)["data"]
+    assert [o["id"] for o in listed if o["out_trade_no"] == "T-RACE"] == list(made)
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
