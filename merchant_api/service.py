@@ -334,8 +334,9 @@ class MerchantService:
             raise MerchantError(409, "order_not_payable", f"the order is {status}", "payment_order")
         return order, merchant
 
+    @staticmethod
     def _with_outcome(
-        self, session: Session, ctx: MerchantContext | None, order_id: int, merchant: bool = False
+        session: Session, ctx: MerchantContext | None, order_id: int, merchant: bool = False
     ) -> Any:
         """The order (as ``order``) and its outcome (or None), and with ``merchant`` its
         merchant, in one query."""
@@ -347,7 +348,7 @@ class MerchantService:
             OrderTransition, col(OrderTransition.order_id) == col(PaymentOrder.id), isouter=True
         ).where(col(PaymentOrder.id) == id_bytes(order_id))
         row = session.execute(query).first()
-        self._callers(row[0] if row else None, ctx)
+        MerchantService._callers(row[0] if row else None, ctx)
         return row
 
     @staticmethod

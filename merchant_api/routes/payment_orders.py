@@ -123,10 +123,8 @@ async def _outcome(
     the receipt comes from the writer's batch. Any other answer reads the order as it stands
     now, on a thread."""
     item = item_results([paid.transfer], paid.result)["results"][0]
-    if paid.paid_now():
-        view = paid.paid
-    else:
-        view = await run_in_threadpool(service.view, paid.order)
+    now = paid.paid_now()
+    view = paid.paid if now else await run_in_threadpool(service.view, paid.order)
     out = {
         "result": item["result"],
         "replayed": item["replayed"],
@@ -136,7 +134,7 @@ async def _outcome(
     }
     if reader is not None and item["result"] == "ok" and item["seq"] is not None:
         key, result = service.ledger.public_key, paid.result
-        if paid.paid_now():
+        if now:
             out["receipt"] = receipt(reader, item["seq"], result.tree_size, key, result.committed)
         else:
             out["receipt"] = await run_in_threadpool(
