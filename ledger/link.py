@@ -12,8 +12,8 @@ What crosses the link:
   when asked, each accepted entry's body and inclusion proof with the checkpoint) comes back
   once the batch is committed. Nothing is acknowledged before it is durable, as in process.
 * **calls**: reads of the writer's memory (an account, the limits in force, the committed size,
-  the clock), statement signatures (the signing key never leaves the writer) and the replay
-  guard of signed wallet requests (one for all workers).
+  the clock), statement signatures (the signing key never leaves the writer) and the admission
+  of signed wallet requests (one memory of their signatures for all workers).
 
 Frames are a 4-byte big-endian length and a pickle of a list: every request (or answer) that
 is ready goes out in one frame, so one pickler serves them all and a checkpoint shared by
@@ -558,10 +558,14 @@ class RemoteLedger:
         signature: bytes = self._call("sign_statement", message)
         return signature
 
-    def first_time(self, signature: bytes, now_ms: int) -> bool:
-        """The writer's replay guard for signed wallet requests (one for every worker)."""
-        first: bool = self._call("first_time", signature, now_ms)
-        return first
+    def admit(
+        self, wallet_id: int, key_version: int, signature: bytes, now_ms: int
+    ) -> domain.Wallet | int:
+        """The writer's admission of a signed wallet request (``ledger.api.wallet_auth``)."""
+        admitted: domain.Wallet | int = self._call(
+            "admit", wallet_id, key_version, signature, now_ms
+        )
+        return admitted
 
     def public_key_b64(self) -> str:
         return base64.b64encode(self.public_key).decode()
@@ -673,9 +677,10 @@ def _resolve(future: Future[Any] | asyncio.Future[Any], items: list | None, answ
 
 
 def link_server(
-    path: Path, ledger: LedgerService, first_time: Callable[[bytes, int], bool]
+    path: Path, ledger: LedgerService, admit: Callable[[int, int, bytes, int], Any]
 ) -> LinkServer:
-    """The writer's end for ``ledger``: what a ``RemoteLedger`` may ask of it, by name."""
+    """The writer's end for ``ledger``: what a ``RemoteLedger`` may ask of it, by name;
+    ``admit`` admits signed wallet requests (``WriterAdmission.admit``)."""
     calls: dict[str, Callable[..., Any]] = {
         "identity": lambda: (ledger.public_key, ledger.origin),
         "clock_ns": lambda: ledger.clock_ns(),
@@ -684,6 +689,6 @@ def link_server(
         "limits": ledger.limits,
         "committed_size": ledger.committed_size,
         "sign_statement": ledger.sign_statement,
-        "first_time": first_time,
+        "admit": admit,
     }
     return LinkServer(path, ledger.submit, calls)

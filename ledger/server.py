@@ -39,7 +39,7 @@ from typing import Final
 from fastapi import FastAPI
 
 from ledger.api.app import create_app
-from ledger.api.wallet_auth import ReplayGuard
+from ledger.api.wallet_auth import Admission
 from ledger.config import Settings
 from ledger.credit.loans import Collector
 from ledger.link import LinkServer, link_server
@@ -75,12 +75,12 @@ def full_app(
     merchant_key: bytes,
     *,
     clock_ms: Callable[[], int] = now_ms,
-    replay_guard: ReplayGuard | None = None,
+    admission: Admission | None = None,
     rate_file: Path | None = None,
 ) -> tuple[FastAPI, MerchantService]:
     """The ledger's API with the merchant API in it. ``rate_file``: the merchant keys' rate
     limit buckets, shared with the server's other HTTP workers (``None``: this process's own)."""
-    app = create_app(ledger, wallets, replay_guard=replay_guard)
+    app = create_app(ledger, wallets, admission=admission)
     merchants = MerchantService(ledger, wallets, merchant_key, clock_ms=clock_ms)
     merchant_app.install(app, merchants, rate_file=rate_file)
     return app, merchants
@@ -154,7 +154,7 @@ class LedgerServer:
             self._link = link_server(
                 self._link_dir / "link.sock",
                 self.ledger,
-                self.app.state.seen_requests.first_time,
+                self.app.state.admission.admit,
             )
             self._stack.callback(self._link.close)
             self._socket = bind(self.settings.host, self.settings.port)

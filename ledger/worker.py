@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         remote,
         wallets,
         load_or_create_key(args.merchant_key_file),
-        replay_guard=remote,
+        admission=remote,
         rate_file=args.rate_file,
     )
     settle_heap()

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from ledger.api.app import create_app
-from ledger.api.wallet_auth import SeenRequests
+from ledger.api.wallet_auth import WriterAdmission
 from ledger.link import RemoteLedger, link_server
 from ledger.server import open_wallets
 from ledger.service import LedgerService
@@ -77,13 +77,12 @@ def worker_app_for(service: LedgerService) -> Iterator[FastAPI]:
     """The same API as an HTTP worker of ``ledger serve`` builds it: over a ``RemoteLedger``
     linked (a real Unix socket, the real frames) to ``service`` as its writer."""
     link_dir = Path(tempfile.mkdtemp(prefix="lk-"))  # short: Unix socket paths are limited
-    guard = SeenRequests()
-    server = link_server(link_dir / "link.sock", service, guard.first_time)
+    server = link_server(link_dir / "link.sock", service, WriterAdmission(service).admit)
     remote = RemoteLedger(link_dir / "link.sock", service.db)
     key_dir = Path(tempfile.mkdtemp(prefix="ledger-kyc-"))
     wallets = open_wallets(remote, key_dir / "kyc.key")
     try:
-        yield create_app(remote, wallets, replay_guard=remote)
+        yield create_app(remote, wallets, admission=remote)
     finally:
         wallets.close()
         remote.close()

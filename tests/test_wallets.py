@@ -718,6 +718,24 @@ def test_signed_reads_and_who_sees_a_wallet(world: World) -> None:
     assert response.status_code == 200 and len(response.json()["data"]) == 2
 
 
+def test_a_rotated_key_stops_signing_reads_where_the_old_one_was_seen(world: World) -> None:
+    """A worker verifies a signed read with the key it last saw; the writer admits it only while
+    that key is the wallet's. So the old key stops at once after a rotation, even where it was
+    just used, and the new key works at once, even where it was never seen."""
+    w = world.wallet()
+    before, _ = world.signed_get(w, f"/v1/wallets/{w.id}")  # the old key, now in memory
+    assert before.status_code == 200 and before.json()["key_version"] == 1
+    new = SigningKey.generate()
+    body = {"public_key": b64(bytes(new.verify_key)), "verification_reference": "counter 3"}
+    assert world.post(f"/v1/wallets/{w.id}/key", body, world.op)["results"][0]["result"] == "ok"
+    old, _ = world.signed_get(w, f"/v1/wallets/{w.id}")
+    assert old.status_code == 401 and old.json()["error"]["code"] == "invalid_wallet_signature"
+    fresh, headers = world.signed_get(w, f"/v1/wallets/{w.id}/entries", key=new)
+    assert fresh.status_code == 200 and fresh.json()["data"][0]["entry"]["type"] == "wallet_updated"
+    replay = world.api.get(f"/v1/wallets/{w.id}/entries", headers=headers)
+    assert replay.status_code == 401 and replay.json()["error"]["code"] == "wallet_request_replayed"
+
+
 # -- receipts, conservation, verify ---------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from ledger.api.routes import (
     transfers,
     wallets,
 )
-from ledger.api.wallet_auth import ReplayGuard, SeenRequests
+from ledger.api.wallet_auth import Admission, WriterAdmission
 from ledger.auth import Authenticator
 from ledger.credit.consent import CreditData
 from ledger.credit.decisions import Decisions
@@ -30,11 +30,11 @@ from ledger.wallets.service import Wallets
 
 
 def create_app(
-    ledger: Ledger, wallet_service: Wallets, *, replay_guard: ReplayGuard | None = None
+    ledger: Ledger, wallet_service: Wallets, *, admission: Admission | None = None
 ) -> FastAPI:
     """The ledger's routes around a running ``Ledger`` and its wallet layer (which the
-    caller started and closes). ``replay_guard``: whose memory of signed wallet requests
-    refuses replays (default: this process's own)."""
+    caller started and closes). ``admission``: who admits signed wallet requests (default: the
+    ledger's writer in this process; in an HTTP worker, the writer over the link)."""
     app = FastAPI(
         title="e-CNY reference ledger",
         version=API_VERSION,
@@ -49,7 +49,7 @@ def create_app(
     app.state.reader = Reader(ledger.db, ledger.origin)
     app.state.authenticator = Authenticator(ledger.db)
     app.state.wallets = wallet_service
-    app.state.seen_requests = replay_guard or SeenRequests()
+    app.state.admission = admission or WriterAdmission(ledger)
     app.state.credit = CreditData(ledger, app.state.reader)
     app.state.credit_decisions = Decisions(app.state.credit)
     app.state.loans = Loans(ledger, app.state.reader, wallet_service, app.state.credit_decisions)

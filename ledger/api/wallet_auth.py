@@ -5,6 +5,11 @@ A wallet signs its own requests with its Ed25519 key: headers ``Wallet-Id``,
 ``ledger.signing.read_message(method, path?query, timestamp, body)``. A request is accepted only
 within ``REQUEST_TOLERANCE_MS`` of the server's clock and only once: knowing a wallet id reveals
 nothing, and a captured request cannot be replayed later.
+
+The signature is checked where the request arrives, with the wallet's key as this process last
+saw it (``Ledger.wallet_key``); the writer then admits the request in one call
+(``Admission.admit``): the key checked must still be the wallet's (a rotated key stops at
+once) and the signature must be new. Its answer is the wallet, which the route uses as it is.
 """
 
 from __future__ import annotations
@@ -25,29 +30,62 @@ from ledger.api.errors import APIError
 from ledger.api.models import parse_id
 from ledger.auth import Authenticator, Principal
 from ledger.domain import Wallet
+from ledger.service import Ledger
 from ledger.wallets.service import Wallets
 
 REQUEST_TOLERANCE_MS: Final = 300_000
 SEEN_MAX: Final = 100_000
 """Signatures remembered to refuse replays within the tolerance window."""
+KEY_ROTATED: Final = 1
+"""``admit``: the key the signature was checked with is not the wallet's now (or no wallet)."""
+REPLAYED: Final = 2
+"""``admit``: this signature was presented before."""
 
 
 @dataclass(frozen=True)
 class Access:
-    """An operator (or the central bank) acting with its key, or a wallet signing for itself."""
+    """An operator (or the central bank) acting with its key, or a wallet signing for itself
+    (``wallet``: as the writer admitted the request)."""
 
     principal: Principal | None
-    wallet_id: int | None
+    wallet: Wallet | None = None
+
+    @property
+    def wallet_id(self) -> int | None:
+        return self.wallet.id if self.wallet is not None else None
 
 
-class ReplayGuard(Protocol):
-    def first_time(self, signature: bytes, now_ms: int) -> bool:
-        """True the first time a signature is presented within the tolerance window."""
+class Admission(Protocol):
+    def admit(
+        self, wallet_id: int, key_version: int, signature: bytes, now_ms: int
+    ) -> Wallet | int:
+        """The wallet, if ``key_version`` is its key's and ``signature`` is presented for the
+        first time within the tolerance window; else ``KEY_ROTATED`` or ``REPLAYED``."""
         ...
 
 
+class WriterAdmission:
+    """``Admission`` from the writer's memory: in its process, and for every HTTP worker
+    through the link (one memory of signatures for all)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._seen = SeenRequests()
+
+    def admit(
+        self, wallet_id: int, key_version: int, signature: bytes, now_ms: int
+    ) -> Wallet | int:
+        account = self._ledger.account(wallet_id)
+        wallet = account.wallet if account is not None else None
+        if wallet is None or wallet.key_version != key_version:
+            return KEY_ROTATED
+        if not self._seen.first_time(signature, now_ms):
+            return REPLAYED
+        return wallet
+
+
 class SeenRequests:
-    """The replay guard of one process (a worker asks the writer's, through the link)."""
+    """Signatures presented within the tolerance window (the writer's ``WriterAdmission``)."""
 
     def __init__(self) -> None:
         self._seen: OrderedDict[bytes, int] = OrderedDict()
@@ -70,8 +108,8 @@ async def authenticate(request: Request) -> Access:
     """An API key (Authorization: Bearer) or a wallet's signature; 401 without either.
 
     Async only to read the body a wallet signed; the checks themselves (the key's record, the
-    wallet's key, the replay guard) wait on the database or the writer, so they run in the
-    thread pool, not on the event loop."""
+    wallet's key, the writer's admission) wait on the database or the writer, so they run in
+    the thread pool, not on the event loop."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
@@ -79,14 +117,14 @@ async def authenticate(request: Request) -> Access:
             raise APIError(401, "invalid_api_key", "use `Authorization: Bearer <key>`")
         authenticator: Authenticator = request.app.state.authenticator
         principal = await run_in_threadpool(authenticator.authenticate, token.strip())
-        return Access(principal, None)
+        return Access(principal)
     if "wallet-signature" in request.headers:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         body = await request.body()
-        wallet_id = await run_in_threadpool(
+        wallet = await run_in_threadpool(
             _signed_wallet, request.app.state, request.method, path, request.headers, body
         )
-        return Access(None, wallet_id)
+        return Access(None, wallet)
     raise APIError(
         401,
         "missing_credentials",
@@ -96,7 +134,7 @@ async def authenticate(request: Request) -> Access:
     )
 
 
-def _signed_wallet(state: State, method: str, path: str, headers: Headers, body: bytes) -> int:
+def _signed_wallet(state: State, method: str, path: str, headers: Headers, body: bytes) -> Wallet:
     try:
         wallet_id = parse_id(headers.get("wallet-id", ""))
         timestamp_ms = int(headers.get("wallet-timestamp", ""))
@@ -111,19 +149,24 @@ def _signed_wallet(state: State, method: str, path: str, headers: Headers, body:
             f"Wallet-Timestamp is more than {REQUEST_TOLERANCE_MS // 1000} s from the server's "
             "clock; sign the request again",
         )
-    wallets: Wallets = state.wallets
-    wallet = wallets.wallet(wallet_id)
-    if wallet is None:
-        raise APIError(401, "invalid_wallet_signature", "the signature does not verify")
+    ledger: Ledger = state.wallets.ledger
+    admission: Admission = state.admission
     message = signing.read_message(method, path, timestamp_ms, body)
-    try:
-        signing.verify(wallet.public_key, message, signature)
-    except signing.SignatureError:
-        raise APIError(401, "invalid_wallet_signature", "the signature does not verify") from None
-    seen: ReplayGuard = state.seen_requests
-    if not seen.first_time(signature, now_ms):
-        raise APIError(401, "wallet_request_replayed", "this signed request was already used")
-    return wallet_id
+    for fresh in (False, True):  # the key as last seen; then, if rotated since, the writer's
+        known = ledger.wallet_key(wallet_id, fresh=fresh)
+        if known is None:
+            break
+        key_version, public_key = known
+        try:
+            signing.verify(public_key, message, signature)
+        except signing.SignatureError:
+            continue
+        admitted = admission.admit(wallet_id, key_version, signature, now_ms)
+        if admitted == REPLAYED:
+            raise APIError(401, "wallet_request_replayed", "this signed request was already used")
+        if isinstance(admitted, Wallet):
+            return admitted
+    raise APIError(401, "invalid_wallet_signature", "the signature does not verify")
 
 
 def wallet_for(
@@ -132,7 +175,8 @@ def wallet_for(
     """The wallet, if ``access`` may act on it: its operator, the central bank, the wallet itself
     (or, with ``parent_ok``, the wallet a sub-wallet belongs to). Otherwise 404: ids reveal
     nothing."""
-    wallet = wallets.wallet(wallet_id)
+    signer = access.wallet
+    wallet = signer if signer is not None and signer.id == wallet_id else wallets.wallet(wallet_id)
     allowed = wallet is not None and (
         (access.principal is not None and (
             access.principal.is_central_bank or access.principal.operator == wallet.operator
