@@ -517,7 +517,7 @@ class RemoteLedger:
         self, op: int, items: list, operator: str | None = None, *, receipts: bool = False
     ) -> OpResult:
         link = await self._loop_connection()
-        result: OpResult = await link.request((op, items, operator, receipts), items)
+        result: OpResult = await link.request(SUBMIT, (op, items, operator, receipts), items)
         return result
 
     def clock_ns(self) -> int:
@@ -542,9 +542,9 @@ class RemoteLedger:
             self._keys[wallet_id] = found
         return found
 
-    def knows_wallet_key(self, wallet_id: int, key_version: int) -> bool:
+    def knows_wallet_key(self, wallet_id: int, key_version: int | None = None) -> bool:
         known = self._keys.get(wallet_id)
-        return known is not None and known[0] == key_version
+        return known is not None and key_version in (None, known[0])
 
     def limits(self) -> tuple[str, dict[int, LimitSet]]:
         found: tuple[str, dict[int, LimitSet]] = self._call("limits")
@@ -558,13 +558,14 @@ class RemoteLedger:
         signature: bytes = self._call("sign_statement", message)
         return signature
 
-    def admit(
+    async def admit(
         self, wallet_id: int, key_version: int, signature: bytes, now_ms: int
     ) -> domain.Wallet | int:
-        """The writer's admission of a signed wallet request (``ledger.api.wallet_auth``)."""
-        admitted: domain.Wallet | int = self._call(
-            "admit", wallet_id, key_version, signature, now_ms
-        )
+        """The writer's admission of a signed wallet request (``ledger.api.wallet_auth``),
+        awaited on the event loop's own connection."""
+        link = await self._loop_connection()
+        payload = ("admit", (wallet_id, key_version, signature, now_ms))
+        admitted: domain.Wallet | int = await link.request(CALL, payload, None)
         return admitted
 
     def public_key_b64(self) -> str:
@@ -589,7 +590,7 @@ class _LoopLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
 
-    def request(self, payload: tuple, items: list) -> asyncio.Future[Any]:
+    def request(self, kind: int, payload: tuple, items: list | None) -> asyncio.Future[Any]:
         if self._lost is not None or self._transport is None:
             raise LedgerUnavailable(self._lost or "the link to the writer is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -597,7 +598,7 @@ class _LoopLink(asyncio.Protocol):
         self._pending[request_id] = (future, items)
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append((request_id, SUBMIT, payload))
+        self._out.append((request_id, kind, payload))
         return future
 
     def _flush(self) -> None:
@@ -680,7 +681,7 @@ def link_server(
     path: Path, ledger: LedgerService, admit: Callable[[int, int, bytes, int], Any]
 ) -> LinkServer:
     """The writer's end for ``ledger``: what a ``RemoteLedger`` may ask of it, by name;
-    ``admit`` admits signed wallet requests (``WriterAdmission.admit``)."""
+    ``admit`` admits signed wallet requests (``WriterAdmission.check``)."""
     calls: dict[str, Callable[..., Any]] = {
         "identity": lambda: (ledger.public_key, ledger.origin),
         "clock_ns": lambda: ledger.clock_ns(),

@@ -154,7 +154,7 @@ class LedgerServer:
             self._link = link_server(
                 self._link_dir / "link.sock",
                 self.ledger,
-                self.app.state.admission.admit,
+                self.app.state.admission.check,
             )
             self._stack.callback(self._link.close)
             self._socket = bind(self.settings.host, self.settings.port)

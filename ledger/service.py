@@ -77,9 +77,10 @@ class Ledger(Protocol):
         current one, which the engine refuses in sequence (``wallet_key_rotated``)."""
         ...
 
-    def knows_wallet_key(self, wallet_id: int, key_version: int) -> bool:
-        """Whether ``wallet_key`` answers for this key version from this process's memory, at
-        once. Otherwise it waits on the writer, which code on an event loop must not do."""
+    def knows_wallet_key(self, wallet_id: int, key_version: int | None = None) -> bool:
+        """Whether ``wallet_key`` answers for this key version (``None``: any) from this
+        process's memory, at once. Otherwise it waits on the writer, which code on an event loop
+        must not do."""
         ...
 
     def limits(self) -> tuple[str, dict[int, LimitSet]]:
@@ -221,7 +222,7 @@ class LedgerService:
         wallet = account.wallet if account is not None else None
         return (wallet.key_version, wallet.public_key) if wallet is not None else None
 
-    def knows_wallet_key(self, wallet_id: int, key_version: int) -> bool:
+    def knows_wallet_key(self, wallet_id: int, key_version: int | None = None) -> bool:
         return True  # the writer's own memory: wallet_key never waits
 
     def limits(self) -> tuple[str, dict[int, LimitSet]]:

@@ -77,7 +77,7 @@ def worker_app_for(service: LedgerService) -> Iterator[FastAPI]:
     """The same API as an HTTP worker of ``ledger serve`` builds it: over a ``RemoteLedger``
     linked (a real Unix socket, the real frames) to ``service`` as its writer."""
     link_dir = Path(tempfile.mkdtemp(prefix="lk-"))  # short: Unix socket paths are limited
-    server = link_server(link_dir / "link.sock", service, WriterAdmission(service).admit)
+    server = link_server(link_dir / "link.sock", service, WriterAdmission(service).check)
     remote = RemoteLedger(link_dir / "link.sock", service.db)
     key_dir = Path(tempfile.mkdtemp(prefix="ledger-kyc-"))
     wallets = open_wallets(remote, key_dir / "kyc.key")

@@ -58,7 +58,7 @@ class Linked:
 def linked(database_url: str, key_file: Path) -> Iterator[Linked]:
     service = LedgerService.open(database_url, key_file, "test.example/link")
     directory = Path(tempfile.mkdtemp(prefix="lk-"))
-    server = link.link_server(directory / "link.sock", service, WriterAdmission(service).admit)
+    server = link.link_server(directory / "link.sock", service, WriterAdmission(service).check)
     lost = threading.Event()
     remote = RemoteLedger(directory / "link.sock", service.db, on_lost=lost.set)
     try:
@@ -351,7 +351,7 @@ def test_a_payer_whose_key_the_worker_lacks_is_verified_off_the_event_loop(
 def test_a_full_queue_is_overloaded_on_the_worker_too(database_url: str, key_file: Path) -> None:
     service = LedgerService.open(database_url, key_file, "test.example/link", queue_max_events=2)
     directory = Path(tempfile.mkdtemp(prefix="lk-"))
-    server = link.link_server(directory / "link.sock", service, WriterAdmission(service).admit)
+    server = link.link_server(directory / "link.sock", service, WriterAdmission(service).check)
     remote = RemoteLedger(directory / "link.sock", service.db)
     try:
         three = [Account(new_id(), CNY, 1) for _ in range(3)]
@@ -375,7 +375,7 @@ def test_calls_read_the_writers_memory(linked: Linked) -> None:
     before = time.time_ns()
     assert before - 10**9 < remote.clock_ns() < time.time_ns() + 10**9
     assert remote.limits() == service.limits()
-    assert remote.admit(new_id(), 1, b"sig-1", 1000) == KEY_ROTATED, "no such wallet"
+    assert asyncio.run(remote.admit(new_id(), 1, b"sig-1", 1000)) == KEY_ROTATED, "no wallet"
 
 
 def test_the_writer_signs_statements_and_nothing_else(linked: Linked) -> None:

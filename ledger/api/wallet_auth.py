@@ -10,6 +10,8 @@ The signature is checked where the request arrives, with the wallet's key as thi
 saw it (``Ledger.wallet_key``); the writer then admits the request in one call
 (``Admission.admit``): the key checked must still be the wallet's (a rotated key stops at
 once) and the signature must be new. Its answer is the wallet, which the route uses as it is.
+All of it runs on the event loop, as a payment's check does: only a key this process has not
+seen yet is fetched on a thread, and the admission is awaited on the loop's own link.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Access:
 
 
 class Admission(Protocol):
-    def admit(
+    async def admit(
         self, wallet_id: int, key_version: int, signature: bytes, now_ms: int
     ) -> Wallet | int:
         """The wallet, if ``key_version`` is its key's and ``signature`` is presented for the
@@ -72,9 +74,15 @@ class WriterAdmission:
         self._ledger = ledger
         self._seen = SeenRequests()
 
-    def admit(
+    async def admit(
         self, wallet_id: int, key_version: int, signature: bytes, now_ms: int
     ) -> Wallet | int:
+        return self.check(wallet_id, key_version, signature, now_ms)  # memory: nothing waits
+
+    def check(
+        self, wallet_id: int, key_version: int, signature: bytes, now_ms: int
+    ) -> Wallet | int:
+        """``admit`` for the link's calls."""
         account = self._ledger.account(wallet_id)
         wallet = account.wallet if account is not None else None
         if wallet is None or wallet.key_version != key_version:
@@ -107,24 +115,22 @@ class SeenRequests:
 async def authenticate(request: Request) -> Access:
     """An API key (Authorization: Bearer) or a wallet's signature; 401 without either.
 
-    Async only to read the body a wallet signed; the checks themselves (the key's record, the
-    wallet's key, the writer's admission) wait on the database or the writer, so they run in
-    the thread pool, not on the event loop."""
+    On the event loop: an API key checked in the last seconds is in memory (others are read
+    from the database on a thread), and so is a signed request's (see the module's text)."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise APIError(401, "invalid_api_key", "use `Authorization: Bearer <key>`")
         authenticator: Authenticator = request.app.state.authenticator
-        principal = await run_in_threadpool(authenticator.authenticate, token.strip())
+        principal = authenticator.keys.get(token.strip())
+        if principal is None:
+            principal = await run_in_threadpool(authenticator.authenticate, token.strip())
         return Access(principal)
     if "wallet-signature" in request.headers:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        body = await request.body()
-        wallet = await run_in_threadpool(
-            _signed_wallet, request.app.state, request.method, path, request.headers, body
-        )
-        return Access(None, wallet)
+        signed = _signed(request.method, path, request.headers, await request.body())
+        return Access(None, await _admitted(request.app.state, signed))
     raise APIError(
         401,
         "missing_credentials",
@@ -134,7 +140,16 @@ async def authenticate(request: Request) -> Access:
     )
 
 
-def _signed_wallet(state: State, method: str, path: str, headers: Headers, body: bytes) -> Wallet:
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    wallet_id: int
+    signature: bytes
+    message: bytes
+    now_ms: int
+
+
+def _signed(method: str, path: str, headers: Headers, body: bytes) -> _Signed:
+    """A signed request's parts, if its headers are well formed and its time is recent."""
     try:
         wallet_id = parse_id(headers.get("wallet-id", ""))
         timestamp_ms = int(headers.get("wallet-timestamp", ""))
@@ -149,19 +164,29 @@ def _signed_wallet(state: State, method: str, path: str, headers: Headers, body:
             f"Wallet-Timestamp is more than {REQUEST_TOLERANCE_MS // 1000} s from the server's "
             "clock; sign the request again",
         )
+    message = signing.read_message(method, path, timestamp_ms, body)
+    return _Signed(wallet_id, signature, message, now_ms)
+
+
+async def _admitted(state: State, signed: _Signed) -> Wallet:
+    """The wallet that signed, once its signature verifies and the writer admits it."""
     ledger: Ledger = state.wallets.ledger
     admission: Admission = state.admission
-    message = signing.read_message(method, path, timestamp_ms, body)
     for fresh in (False, True):  # the key as last seen; then, if rotated since, the writer's
-        known = ledger.wallet_key(wallet_id, fresh=fresh)
+        if not fresh and ledger.knows_wallet_key(signed.wallet_id):
+            known = ledger.wallet_key(signed.wallet_id)
+        else:
+            known = await run_in_threadpool(ledger.wallet_key, signed.wallet_id, fresh=fresh)
         if known is None:
             break
         key_version, public_key = known
         try:
-            signing.verify(public_key, message, signature)
+            signing.verify(public_key, signed.message, signed.signature)
         except signing.SignatureError:
             continue
-        admitted = admission.admit(wallet_id, key_version, signature, now_ms)
+        admitted = await admission.admit(
+            signed.wallet_id, key_version, signed.signature, signed.now_ms
+        )
         if admitted == REPLAYED:
             raise APIError(401, "wallet_request_replayed", "this signed request was already used")
         if isinstance(admitted, Wallet):
