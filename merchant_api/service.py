@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nacl.signing import SigningKey
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -74,6 +74,18 @@ wallet id; for an order, additional data 62/05 holds the order id (22 characters
 SIGNATURE_TTL_MS: Final = 5 * 60 * 1000
 REFUND_SIGNATURE_TTL_MS: Final = 24 * 3600 * 1000
 """How long after it was made a refund may still be submitted (by a retry of its request)."""
+_WITH_OUTCOME: Final = (
+    select(PaymentOrder, OrderTransition)
+    .join(OrderTransition, col(OrderTransition.order_id) == col(PaymentOrder.id), isouter=True)
+    .where(col(PaymentOrder.id) == bindparam("order_id"))
+)
+"""An order and its outcome, if any (``MerchantService._with_outcome``)."""
+_WITH_OUTCOME_AND_MERCHANT: Final = (
+    select(PaymentOrder, OrderTransition, Merchant)
+    .join(Merchant, col(Merchant.id) == col(PaymentOrder.merchant_id))
+    .join(OrderTransition, col(OrderTransition.order_id) == col(PaymentOrder.id), isouter=True)
+    .where(col(PaymentOrder.id) == bindparam("order_id"))
+)
 TRANSITION: Final = ("order_id", "status", "at_ms", "payer", "method")
 REFUND_TRANSITION: Final = ("refund_id", "status", "at_ms", "failure_code")
 EVENT: Final = (
@@ -297,7 +309,7 @@ class MerchantService:
         # PostgreSQL waits for that transaction, SQLite's write lock serialises them).
         with self.writes.begin() as conn:
             values = {c.name: getattr(order, c.name) for c in ORDERS.columns}
-            if conn.execute(self._insert_order.values(values)).first() is not None:
+            if conn.execute(self._insert_order, values).first() is not None:
                 return order, True
             row = conn.execute(
                 select(ORDERS).where(
@@ -339,15 +351,10 @@ class MerchantService:
         session: Session, ctx: MerchantContext | None, order_id: int, merchant: bool = False
     ) -> Any:
         """The order (as ``order``) and its outcome (or None), and with ``merchant`` its
-        merchant, in one query."""
-        models: tuple[Any, ...] = (PaymentOrder, OrderTransition)
-        query = select(*models, Merchant) if merchant else select(*models)
-        if merchant:
-            query = query.join(Merchant, col(Merchant.id) == col(PaymentOrder.merchant_id))
-        query = query.join(
-            OrderTransition, col(OrderTransition.order_id) == col(PaymentOrder.id), isouter=True
-        ).where(col(PaymentOrder.id) == id_bytes(order_id))
-        row = session.execute(query).first()
+        merchant, in one query (built once: building it took a third of the time of running
+        it)."""
+        query = _WITH_OUTCOME_AND_MERCHANT if merchant else _WITH_OUTCOME
+        row = session.execute(query, {"order_id": id_bytes(order_id)}).first()
         MerchantService._callers(row[0] if row else None, ctx)
         return row
 
