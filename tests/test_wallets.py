@@ -20,6 +20,7 @@ from nacl.signing import SigningKey
 from sqlalchemy import text
 
 from ledger import signing
+from ledger.api.models import EntryPage
 from ledger.auth import create_api_key
 from ledger.domain import BATCH_MAX
 from ledger.ids import new_uuid
@@ -716,6 +717,8 @@ def test_signed_reads_and_who_sees_a_wallet(world: World) -> None:
     assert world.api.get(f"/v1/wallets/{w.id}", headers=world.cb).status_code == 200
     response, _ = world.signed_get(w, f"/v1/wallets/{w.id}/entries?limit=2")
     assert response.status_code == 200 and len(response.json()["data"]) == 2
+    page = response.json()  # sent as is: what the documented model says, nothing more
+    assert EntryPage.model_validate(page).model_dump() == page
 
 
 def test_a_rotated_key_stops_signing_reads_where_the_old_one_was_seen(world: World) -> None:

@@ -44,7 +44,9 @@ async def create_payment_order(
 
 @router.get("/{order_id}")
 def read_payment_order(order_id: str, ctx: MerchantDep, service: ServiceDep) -> Any:
-    return service.order_view(ctx, id_or_404(order_id, "payment_order", "payment_order"))
+    return JSONResponse(
+        service.order_view(ctx, id_or_404(order_id, "payment_order", "payment_order"))
+    )
 
 
 @router.get("")
@@ -73,7 +75,8 @@ def list_payment_orders(
         views += [v for v in found if status is None or v["status"] == status]
         if page:
             cursor = int.from_bytes(page[-1].id, "big")
-    return {"object": "list", "data": views[:limit], "has_more": has_more or len(views) > limit}
+    more = has_more or len(views) > limit
+    return JSONResponse({"object": "list", "data": views[:limit], "has_more": more})
 
 
 @router.post("/{order_id}/cancel")

@@ -122,7 +122,7 @@ def read_wallet(wallet_id: str, access: AccessDep, request: Request, reader: Rea
     )
     account = reader.account(wallet.id)
     assert account is not None
-    return wallet_view(wallet, account, wallets.ledger.limits())
+    return JSONResponse(wallet_view(wallet, account, wallets.ledger.limits()))
 
 
 @router.get("/{wallet_id}/entries", response_model=EntryPage)
@@ -141,11 +141,8 @@ def list_wallet_entries(
     account = reader.account(wallet.id)
     assert account is not None
     rows = reader.history(account.n, limit + 1, starting_after)
-    return {
-        "object": "list",
-        "data": [entry_view(e) for e in rows[:limit]],
-        "has_more": len(rows) > limit,
-    }
+    page = {"object": "list", "data": [entry_view(e) for e in rows[:limit]]}
+    return JSONResponse(page | {"has_more": len(rows) > limit})  # as EntryPage, not checked again
 
 
 @router.post("/{wallet_id}/class", response_model=BatchResults)
