@@ -18,6 +18,7 @@ from typing import Final, Generic, TypeVar
 
 from sqlalchemy import Engine, select, update
 from sqlmodel import Session, col
+from starlette.concurrency import run_in_threadpool
 
 from ledger.store.schema import ApiKeyRow
 
@@ -137,6 +138,14 @@ class KeyCache(Generic[Checked]):
             self._found[presented] = (now, found)
         return found
 
+    async def check_async(self, presented: str, check: Callable[[str], Checked]) -> Checked:
+        """``check`` for code on an event loop: from memory at once, else on a thread (a key
+        not in memory is read from the database)."""
+        found = self.get(presented)
+        if found is not None:
+            return found
+        return await run_in_threadpool(self.check, presented, check)
+
 
 class Authenticator:
     """Checks presented keys against the database, with a short cache (``keys``)."""
@@ -147,6 +156,9 @@ class Authenticator:
 
     def authenticate(self, presented: str) -> Principal:
         return self.keys.check(presented, self._check)
+
+    async def authenticate_async(self, presented: str) -> Principal:
+        return await self.keys.check_async(presented, self._check)
 
     def _check(self, presented: str) -> Principal:
         parts = presented.split("_")

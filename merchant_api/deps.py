@@ -46,9 +46,7 @@ async def current_merchant(request: Request) -> MerchantContext:
     checker: KeyChecker = request.app.state.merchant_keys
     token = token.strip()
     try:
-        ctx = checker.keys.get(token)
-        if ctx is None:
-            ctx = await run_in_threadpool(checker.authenticate, token)
+        ctx = await checker.authenticate_async(token)
     except KeyError_ as exc:
         raise MerchantError(
             401, exc.code, str(exc), headers={"WWW-Authenticate": "Bearer"}

@@ -79,6 +79,9 @@ class KeyChecker:
     def authenticate(self, presented: str) -> MerchantContext:
         return self.keys.check(presented, self._check)
 
+    async def authenticate_async(self, presented: str) -> MerchantContext:
+        return await self.keys.check_async(presented, self._check)
+
     def _check(self, presented: str) -> MerchantContext:
         livemode = presented.startswith(PREFIX[True])
         if not (livemode or presented.startswith(PREFIX[False])):

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from ledger.api.errors import APIError
 from ledger.auth import Authenticator, AuthError, Principal
@@ -44,10 +43,7 @@ async def get_principal(
     if credentials is None:
         raise AuthError("missing_api_key", "send your API key as `Authorization: Bearer <key>`")
     authenticator: Authenticator = request.app.state.authenticator
-    principal = authenticator.keys.get(credentials.credentials)
-    if principal is None:
-        principal = await run_in_threadpool(authenticator.authenticate, credentials.credentials)
-    return principal
+    return await authenticator.authenticate_async(credentials.credentials)
 
 
 async def require_central_bank(

@@ -123,10 +123,7 @@ async def authenticate(request: Request) -> Access:
         if scheme.lower() != "bearer" or not token:
             raise APIError(401, "invalid_api_key", "use `Authorization: Bearer <key>`")
         authenticator: Authenticator = request.app.state.authenticator
-        principal = authenticator.keys.get(token.strip())
-        if principal is None:
-            principal = await run_in_threadpool(authenticator.authenticate, token.strip())
-        return Access(principal)
+        return Access(await authenticator.authenticate_async(token.strip()))
     if "wallet-signature" in request.headers:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         signed = _signed(request.method, path, request.headers, await request.body())
